@@ -11,7 +11,8 @@ import urllib.parse
 
 # Kafka headers on dead-letter records. Values are UTF-8 bytes. They never carry message text.
 H_DLQ_REASON = "sentiment.dlq.reason"  # machine-readable reason, e.g. "invalid_json"
-H_DLQ_DETAIL = "sentiment.dlq.detail"  # short human-readable detail (validator paths, limits), no payload text
+# Short human-readable detail (validator paths, limits); never payload text.
+H_DLQ_DETAIL = "sentiment.dlq.detail"
 H_DLQ_EXCEPTION = "sentiment.dlq.exception"  # exception class name, e.g. "JSONDecodeError"
 H_DLQ_TOPIC = "sentiment.dlq.topic"
 H_DLQ_PARTITION = "sentiment.dlq.partition"
@@ -42,9 +43,7 @@ def escape_part(text: str) -> str:
 
     Reversible (see unescape_part) and injective, so two different sources never share a key.
     """
-    return "".join(
-        f"%{ord(c):02X}" if c in _ESCAPED or ord(c) < 0x20 or ord(c) == 0x7F else c for c in text
-    )
+    return "".join(f"%{ord(c):02X}" if c in _ESCAPED or ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
 def unescape_part(text: str) -> str:
@@ -56,7 +55,7 @@ def tag(prefix: str) -> str:
 
 
 def counts_all_key(prefix: str, bucket_s: int, bucket: int) -> str:
-    """Hash, fields negative/neutral/positive: all messages whose timestamp is in [bucket, bucket+bucket_s)."""
+    """Hash, fields negative/neutral/positive: all messages with a timestamp in [bucket, bucket+bucket_s)."""
     return f"{tag(prefix)}:counts:{bucket_s}:all:{bucket}"
 
 

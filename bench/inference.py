@@ -1,0 +1,113 @@
+"""Pure inference with the worker's own classifier (worker.classifier), no Kafka: the reference throughput.
+
+A batch of B texts is what the worker hands the model for one micro-batch of B records: the texts in arrival
+order are cut into chunks of B, and each chunk is tokenized (``encode``) and classified (``classify``, which
+sorts by length inside the chunk and splits by the token budget, exactly as in the worker). Times include
+tokenization, the forward pass and building the score objects.
+
+int8: ``torch.ao.quantization.quantize_dynamic`` on every nn.Linear of the loaded model (weights int8, dynamic
+activation scales), applied to the same Classifier object, so the int8 path runs the same code around the
+model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import stats
+
+
+def load(model_dir: Path, *, device: str, batch: int, max_length: int, threads: int) -> Any:
+    from worker.classifier import Classifier
+
+    return Classifier(
+        model_dir,
+        device=device,
+        max_length=max_length,
+        max_rows=batch,
+        max_tokens=batch * max_length,
+        threads=threads,
+    )
+
+
+def set_batch(clf: Any, batch: int) -> None:
+    clf.max_rows = batch
+    clf.max_tokens = batch * clf.max_length
+
+
+def quantize_int8(clf: Any) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices: the API still works in torch 2.x
+        clf.model = torch.ao.quantization.quantize_dynamic(clf.model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def sync(clf: Any) -> None:
+    if clf.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure(clf: Any, texts: Sequence[str], batch: int, *, min_seconds: float = 0.0) -> dict[str, Any]:
+    """Throughput of encode + classify over texts in chunks of ``batch`` (one warm-up chunk not timed)."""
+    set_batch(clf, batch)
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    clf.classify(clf.encode(chunks[0]))
+    sync(clf)
+    n = 0
+    tokenize_s = 0.0
+    t0 = time.perf_counter()
+    while True:
+        for chunk in chunks:
+            a = time.perf_counter()
+            encoded = clf.encode(chunk)
+            tokenize_s += time.perf_counter() - a
+            clf.classify(encoded)
+            n += len(chunk)
+        sync(clf)
+        if time.perf_counter() - t0 >= min_seconds:
+            break
+    elapsed = time.perf_counter() - t0
+    return {
+        "batch": batch,
+        "n": n,
+        "msg_s": n / elapsed,
+        "batch_ms": 1000 * elapsed * batch / n,
+        "tokenize_share": tokenize_s / elapsed,
+    }
+
+
+def macro_recall(clf: Any, texts: Sequence[str], labels: Sequence[str], batch: int) -> float:
+    """Macro-averaged recall over the classes present, computed from the worker classifier's labels."""
+    set_batch(clf, batch)
+    predicted: list[str] = []
+    for i in range(0, len(texts), batch):
+        predicted += [s.label for s in clf.classify(clf.encode(texts[i : i + batch]))]
+    return recall_macro(labels, predicted)
+
+
+def recall_macro(truth: Sequence[str], predicted: Sequence[str]) -> float:
+    """PURE: the mean over true classes of (correct predictions of the class / examples of the class)."""
+    classes = sorted(set(truth))
+    recalls = []
+    for c in classes:
+        idx = [i for i, t in enumerate(truth) if t == c]
+        recalls.append(sum(1 for i in idx if predicted[i] == c) / len(idx))
+    return sum(recalls) / len(recalls) if recalls else float("nan")
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    return stats.md_table(
+        ["variant", "batch", "msg/s", "ms / batch", "tokenize share"],
+        [
+            [r.get("variant", "fp32"), r["batch"], r["msg_s"], r["batch_ms"], r["tokenize_share"]]
+            for r in rows
+        ],
+    )

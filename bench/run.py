@@ -1,0 +1,531 @@
+"""The CPU benchmark: pure inference, int8, end to end through Kafka + Redis, and the baseline, in one run.
+
+    python -m bench [--quick] [--model DIR] [--out DIR]
+
+Needs the local stack (``scripts/stack up``; addresses from SENTIMENT_KAFKA_BOOTSTRAP_SERVERS and
+SENTIMENT_REDIS_URL, else .stack/env). Prints a table and writes results.json, results.md,
+throughput_vs_batch.png and latency_vs_load.png to --out (default bench/out). Order of the run:
+
+1. pure inference with the worker's classifier at several batch sizes (fp32); int8 (and bf16 where the CPU
+   has it) at the worker's batch size, with their validation macro recall on tweeteval_sentiment/validation;
+2. the worker (``python -m worker run``) and the baseline consumer (bench/baseline.py) start on their own
+   fresh topics and answer warm-up messages;
+3. rounds, each one back to back: pure inference at the worker's batch size, the worker on N messages sent
+   as fast as the producer goes, the baseline on the first messages of the same traffic. The machine is
+   shared and its load changes by the minute, so each ratio is taken within a round and the median over
+   rounds is reported;
+4. the worker at paced loads (fractions of its median full-speed throughput), for the latency figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bench import e2e, inference, plots, stats, traffic
+from bench.models import REPO, choose_model
+
+OUT_DEFAULT = REPO / "bench" / "out"
+FRESH = "fresh head"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"loads must be fractions between 0 and 1, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes for CI: checks that everything runs")
+    p.add_argument("--model", help="model folder (default: models/minilm-tweeteval, else MiniLM, fresh head)")
+    p.add_argument(
+        "--datasets", help="shared datasets folder (default: $SENTIMENT_DATASETS, ../shared/datasets)"
+    )
+    p.add_argument("--out", type=Path, default=OUT_DEFAULT, help="output folder (default: bench/out)")
+    p.add_argument("--rounds", type=_positive, help="interleaved rounds (default 3; quick 1)")
+    p.add_argument("--n", type=_positive, help="worker messages per round (default 1000; quick 100)")
+    p.add_argument("--baseline-n", type=_positive, help="baseline messages per round (default 150; quick 20)")
+    p.add_argument(
+        "--batch-size", type=_positive, default=32, help="worker SENTIMENT_BATCH_SIZE (default 32)"
+    )
+    p.add_argument("--max-wait-ms", type=int, default=50, help="worker SENTIMENT_MAX_WAIT_MS (default 50)")
+    p.add_argument("--max-length", type=_positive, default=128)
+    p.add_argument("--threads", type=_positive, default=2, help="torch threads for every model (default 2)")
+    p.add_argument("--batch-sizes", type=_ints, help="pure-inference batch sizes (default 1,4,8,16,32,64)")
+    p.add_argument(
+        "--loads", type=_fractions, help="paced loads, fractions of full speed (default .25,.5,.75)"
+    )
+    p.add_argument("--phase-seconds", type=float, help="length of each paced phase (default 20; quick 3)")
+    p.add_argument("--validation-n", type=_positive, help="validation texts for int8 (default all 2000)")
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--skip-int8", action="store_true", help="skip the int8/bf16 speed and recall figures")
+    return p
+
+
+def kafka_redis() -> tuple[str, str]:
+    env = dict(os.environ)
+    stack_env = REPO / ".stack" / "env"
+    if stack_env.is_file():
+        for line in stack_env.read_text().splitlines():
+            k, sep, v = line.removeprefix("export ").partition("=")
+            if sep and k not in env:
+                env[k] = v.strip().strip("'\"")
+    bootstrap = env.get("SENTIMENT_KAFKA_BOOTSTRAP_SERVERS")
+    redis_url = env.get("SENTIMENT_REDIS_URL")
+    if not bootstrap or not redis_url:
+        raise e2e.BenchError(
+            "no Kafka/Redis address: run scripts/stack up, or set SENTIMENT_KAFKA_BOOTSTRAP_SERVERS and "
+            "SENTIMENT_REDIS_URL"
+        )
+    return bootstrap, redis_url
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "uptime_at_start": uptime(),
+    }
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds the finally blocks: consumers stopped, topics deleted
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as scratch:  # a stand-in model folder, if needed
+            return run(args, argv, Path(scratch))
+    except (e2e.BenchError, traffic.TrafficError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cpu_variants(
+    model_dir: Path, clf: Any, texts: list[str], val: tuple[list[str], list[str]], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """int8 (and bf16 where the CPU has it) vs fp32: speed at the worker's batch, validation recall."""
+    import torch
+
+    b = args.batch_size
+    val_texts, val_labels = val
+    fp32_recall = inference.macro_recall(clf, val_texts, val_labels, b)
+    fp32 = inference.measure(clf, texts, b)
+    rows: list[dict[str, Any]] = []
+    variants: dict[str, Any] = {"batch": b, "fp32_msg_s": fp32["msg_s"], "fp32_macro_recall": fp32_recall}
+    names = ["int8"]
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        names.append("bf16")
+    for name in names:
+        other = inference.load(
+            model_dir, device="cpu", batch=b, max_length=args.max_length, threads=args.threads
+        )
+        if name == "int8":
+            inference.quantize_int8(other)
+        else:
+            other.model = other.model.to(torch.bfloat16)
+        speed = inference.measure(other, texts, b)
+        recall = inference.macro_recall(other, val_texts, val_labels, b)
+        rows.append({"variant": name, **speed})
+        variants[name] = {
+            "msg_s": speed["msg_s"],
+            "speedup": speed["msg_s"] / fp32["msg_s"],
+            "macro_recall": recall,
+            "recall_loss": fp32_recall - recall,
+        }
+        log(
+            f"  {name} batch {b}: {speed['msg_s']:.1f} msg/s vs fp32 {fp32['msg_s']:.1f} "
+            f"({speed['msg_s'] / fp32['msg_s']:.2f}x); macro recall {recall:.4f} vs fp32 {fp32_recall:.4f}"
+        )
+        del other
+    variants["methods"] = {
+        "int8": "torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)",
+        "bf16": "model.to(torch.bfloat16) (oneDNN bf16 kernels; AMX/AVX512-BF16 CPUs)",
+    }
+    variants["validation"] = f"tweeteval_sentiment/validation.jsonl (n={len(val_texts)})"
+    return rows, variants
+
+
+def run(args: argparse.Namespace, argv: list[str], scratch: Path) -> int:
+    quick = args.quick
+    rounds = args.rounds or (1 if quick else 3)
+    n = args.n or (100 if quick else 1000)
+    baseline_n = min(n, args.baseline_n or (20 if quick else 150))
+    b = args.batch_size
+    batch_sizes = sorted({*(args.batch_sizes or ([1, 8, 32] if quick else [1, 4, 8, 16, 32, 64])), b})
+    loads = sorted({*(args.loads or ([0.5] if quick else [0.25, 0.5, 0.75])), 0.5})
+    phase_s = args.phase_seconds or (3.0 if quick else 20.0)
+    validation_n = args.validation_n or (100 if quick else None)
+    n_inf = 128 if quick else 384
+    started = time.time()
+
+    bootstrap, redis_url = kafka_redis()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir, chosen = choose_model(args.model, scratch)
+    trained = FRESH not in chosen
+    root = traffic.datasets_dir(args.datasets)
+    social, reviews = traffic.load_rows(root, per_source=20_000)
+    run_id = uuid.uuid4().hex[:8]
+    info = machine()
+    log(f"bench: model {model_dir} ({chosen}); {info['cpus']} CPUs; {info['uptime_at_start']}")
+
+    def traffic_for(label: str, count: int, seed: int) -> list[dict[str, object]]:
+        return traffic.build_messages(social, reviews, count, seed=seed, run_id=f"{run_id}-{label}")
+
+    # 1. pure inference ------------------------------------------------------------------------------------
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clf = inference.load(model_dir, device="cpu", batch=b, max_length=args.max_length, threads=args.threads)
+    texts = traffic.texts_of(traffic_for("inference", n_inf, 0))
+    rows: list[dict[str, Any]] = []
+    for size in batch_sizes:
+        r = inference.measure(clf, texts[: 32 if size == 1 else n_inf], size)
+        rows.append({"variant": "fp32", **r})
+        log(f"  inference fp32 batch {size}: {r['msg_s']:.1f} msg/s, {r['batch_ms']:.1f} ms/batch")
+    model_ref = {"name": clf.model_ref.name, "version": clf.model_ref.version}
+    variants: dict[str, Any] = {}
+    if not args.skip_int8:
+        extra, variants = cpu_variants(
+            model_dir, clf, texts, traffic.validation_set(root, validation_n), args
+        )
+        rows += extra
+
+    # 2.-4. Kafka ------------------------------------------------------------------------------------------
+    admin = e2e.Admin(bootstrap)
+    prefix = f"bench-{run_id}"
+    sessions: list[e2e.Session] = []
+    round_rows: list[dict[str, Any]] = []
+    paced: list[dict[str, Any]] = []
+    checks: dict[str, Any] = {}
+    try:
+        wtopics = admin.topic_set("worker")
+        env = e2e.worker_env(
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+            model_dir=model_dir,
+            topics=wtopics,
+            group=f"bench-worker-{run_id}",
+            batch_size=b,
+            max_wait_ms=args.max_wait_ms,
+            max_length=args.max_length,
+            threads=args.threads,
+            redis_prefix=prefix,
+        )
+        worker = e2e.Session(
+            bootstrap=bootstrap,
+            topics=wtopics,
+            start=lambda: e2e.start_worker(env, out / "worker.log", idle_s=600),
+            min_rate=2.0,
+        )
+        sessions.append(worker)
+        baseline: e2e.Session | None = None
+        if not args.skip_baseline:
+            btopics = admin.topic_set("baseline")
+            baseline = e2e.Session(
+                bootstrap=bootstrap,
+                topics=btopics,
+                start=lambda: e2e.start_baseline(
+                    bootstrap=bootstrap,
+                    redis_url=redis_url,
+                    model_dir=model_dir,
+                    topics=btopics,
+                    group=f"bench-baseline-{run_id}",
+                    max_length=args.max_length,
+                    threads=args.threads,
+                    redis_prefix=f"{prefix}-baseline",
+                    log_path=out / "baseline.log",
+                    idle_s=600,
+                ),
+                min_rate=0.5,
+            )
+            sessions.append(baseline)
+        for s in sessions:
+            log(f"  {s.name}: ready after {s.warm_up(traffic_for(f'warmup-{s.name}', 2 * b, 99)):.1f}s")
+
+        for k in range(1, rounds + 1):
+            msgs = traffic_for(f"round{k}", n, k)
+            ref = inference.measure(clf, traffic.texts_of(msgs)[:n_inf], b)
+            w = worker.phase(f"full speed, round {k}", msgs).summary()
+            row: dict[str, Any] = {
+                "round": k,
+                "model": ref,
+                "worker": w,
+                "e2e_vs_model": w["msg_s"] / ref["msg_s"],
+            }
+            line = f"  round {k}: model {ref['msg_s']:.1f}, worker {w['msg_s']:.1f}"
+            if baseline is not None:
+                bl = baseline.phase(f"full speed, round {k}", msgs[:baseline_n]).summary()
+                row["baseline"] = bl
+                row["e2e_vs_baseline"] = w["msg_s"] / bl["msg_s"]
+                line += f", baseline {bl['msg_s']:.1f}"
+            round_rows.append(row)
+            log(f"{line} msg/s (load avg {w['load_avg_1m']:.2f})")
+
+        full_msg_s = statistics.median(r["worker"]["msg_s"] for r in round_rows)
+        for j, load in enumerate(loads):
+            rate = load * full_msg_s
+            count = max(40, int(rate * phase_s))
+            p = worker.phase(
+                f"{round(100 * load)}% load", traffic_for(f"load{j}", count, 100 + j), rate
+            ).summary()
+            paced.append(p)
+            log(
+                f"  worker at {p['phase']} ({rate:.1f} msg/s offered): p50 {p['p50_ms']:.0f} ms, "
+                f"p95 {p['p95_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms (load avg {p['load_avg_1m']:.2f})"
+            )
+        after = inference.measure(clf, texts, b)
+        checks["worker_exit_code"] = worker.close()
+        checks["produced"] = worker.produced
+        checks["dead_letters"] = e2e.dlq_size(bootstrap, wtopics.dlq)
+        checks["redis_counted"] = e2e.redis_counted(redis_url, prefix)
+        if baseline is not None:
+            checks["baseline_exit_code"] = baseline.close()
+    finally:
+        for s in sessions:
+            s.close()
+        admin.close()
+        e2e.redis_cleanup(redis_url, [f"{{{prefix}}}:*", f"{prefix}-baseline:*"])
+
+    # 5. figures --------------------------------------------------------------------------------------------
+    batch_ms_all = [r["model"]["batch_ms"] for r in round_rows] + [after["batch_ms"]]
+    batch_ms = statistics.median(batch_ms_all)
+    model_msg_s = statistics.median(r["model"]["msg_s"] for r in round_rows)
+    half = next(p for p in paced if p["phase"] == "50% load")
+    e2e_vs_model = statistics.median(r["e2e_vs_model"] for r in round_rows)
+    e2e_vs_baseline = (
+        statistics.median(r["e2e_vs_baseline"] for r in round_rows) if baseline is not None else float("nan")
+    )
+    baseline_msg_s = (
+        statistics.median(r["baseline"]["msg_s"] for r in round_rows)
+        if baseline is not None
+        else float("nan")
+    )
+    target_rows = stats.targets(
+        e2e_vs_model=e2e_vs_model,
+        e2e_vs_baseline=e2e_vs_baseline,
+        p99_at_half_ms=half["p99_ms"],
+        max_wait_ms=args.max_wait_ms,
+        batch_inference_ms=batch_ms,
+        int8_speedup=variants["int8"]["speedup"] if variants else None,
+        int8_recall_loss=variants["int8"]["recall_loss"] if variants and trained else None,
+    )
+    results = {
+        "command": " ".join(["python -m bench", *argv]),
+        "quick": quick,
+        "machine": {**info, "uptime_at_end": uptime()},
+        "model": {"dir": str(model_dir), "chosen": chosen, "trained": trained, **model_ref},
+        "settings": {
+            "batch_size": b,
+            "max_wait_ms": args.max_wait_ms,
+            "max_length": args.max_length,
+            "torch_threads": args.threads,
+            "rounds": rounds,
+            "messages_per_round": n,
+            "baseline_messages_per_round": baseline_n,
+        },
+        "inference": rows,
+        "cpu_variants": variants,
+        "rounds": round_rows,
+        "paced": paced,
+        "inference_after": after,
+        "medians": {
+            "model_msg_s": model_msg_s,
+            "worker_msg_s": full_msg_s,
+            "baseline_msg_s": baseline_msg_s,
+            "batch_ms": batch_ms,
+            "e2e_vs_model": e2e_vs_model,
+            "e2e_vs_baseline": e2e_vs_baseline,
+        },
+        "checks": checks,
+        "targets": target_rows,
+        "seconds": time.time() - started,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    md = report(results)
+    (out / "results.md").write_text(md + "\n")
+    title = f"{model_ref['name']}, {info['cpus']} CPU cores ({info['cpu']}), {args.threads} torch threads"
+    plots.throughput_vs_batch(
+        out / "throughput_vs_batch.png",
+        rows,
+        e2e={"batch": b, "msg_s": full_msg_s, "label": "worker end to end via Kafka + Redis (median round)"},
+        baseline_msg_s=baseline_msg_s if baseline is not None else None,
+        title=title,
+    )
+    plots.latency_vs_load(
+        out / "latency_vs_load.png",
+        paced,
+        full_msg_s=full_msg_s,
+        bound_ms=args.max_wait_ms + 2 * batch_ms,
+        title=title,
+    )
+    print()
+    print(md)
+    print(f"\nbench: wrote results.json, results.md, throughput_vs_batch.png, latency_vs_load.png to {out}")
+    return 0
+
+
+def report(r: dict[str, Any]) -> str:
+    m, s, c, med = r["machine"], r["settings"], r["checks"], r["medians"]
+    fmt = stats.fmt
+    parts = [
+        "## Benchmark results" + (" (quick run: sizes too small for conclusions)" if r["quick"] else ""),
+        "",
+        f"Machine: {m['cpus']} × {m['cpu']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"{s['torch_threads']} torch threads. Shared machine; load at start `{m['uptime_at_start']}`, "
+        f"at end `{m['uptime_at_end']}`.",
+        f"Model: `{r['model']['name']}` ({r['model']['chosen']}), version {r['model']['version']}. "
+        f"Worker: batch {s['batch_size']}, max wait {s['max_wait_ms']} ms, max length {s['max_length']}; "
+        f"{s['rounds']} round(s) of {s['messages_per_round']} messages (baseline: "
+        f"{s['baseline_messages_per_round']}).",
+        "",
+        "### Targets (ratios: median over rounds, each ratio from back-to-back measurements)",
+        "",
+        stats.md_table(
+            ["target", "measured", "goal", "met"],
+            [
+                [t["name"], t["value"], f"{t['op']} {fmt(t['target'], 2)}", "yes" if t["met"] else "NO"]
+                for t in r["targets"]
+            ],
+            digits=2,
+        ),
+        "",
+        "### Throughput, per round (msg/s)",
+        "",
+        stats.md_table(
+            [
+                "round",
+                "model (pure inference)",
+                "worker end to end",
+                "baseline",
+                "worker / model",
+                "worker / baseline",
+            ],
+            [
+                [
+                    x["round"],
+                    x["model"]["msg_s"],
+                    x["worker"]["msg_s"],
+                    x["baseline"]["msg_s"] if "baseline" in x else "-",
+                    fmt(x["e2e_vs_model"], 2),
+                    fmt(x["e2e_vs_baseline"], 2) if "e2e_vs_baseline" in x else "-",
+                ]
+                for x in r["rounds"]
+            ],
+        ),
+        "",
+        "### Latency, produce → result (ms)",
+        "",
+        stats.md_table(
+            ["consumer", "phase", "messages", "offered msg/s", "msg/s", "p50", "p95", "p99", "max"],
+            [
+                [who, p["phase"], p["n"], p["offered_msg_s"] or "max", p["msg_s"]]
+                + [p[q] for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+                for who, p in [("worker", x["worker"]) for x in r["rounds"]]
+                + [("baseline", x["baseline"]) for x in r["rounds"] if "baseline" in x]
+                + [("worker", p) for p in r["paced"]]
+            ],
+            digits=0,
+        ),
+        "",
+        f"p99 bound = max wait {s['max_wait_ms']} ms + 2 × {fmt(med['batch_ms'])} ms (median time of one "
+        f"batch of {s['batch_size']} in pure inference) = {fmt(s['max_wait_ms'] + 2 * med['batch_ms'])} ms.",
+        "",
+        "### Pure inference (the worker's classifier: tokenize + forward, length-sorted chunks)",
+        "",
+        inference.table(r["inference"]),
+        "",
+        f"Checks: {c.get('dead_letters')} dead letters; Redis counted {c.get('redis_counted')} of the "
+        f"{c.get('produced')} messages sent to the worker; worker exit code {c.get('worker_exit_code')}.",
+    ]
+    v = r["cpu_variants"]
+    if v:
+        lines = [
+            f"- {name}: {fmt(v[name]['speedup'], 2)}× fp32 speed at batch {v['batch']}; macro recall "
+            f"{fmt(100 * v[name]['macro_recall'], 2)} vs fp32 {fmt(100 * v['fp32_macro_recall'], 2)} "
+            f"(loss {fmt(100 * v[name]['recall_loss'], 2)} points); `{v['methods'][name]}`"
+            for name in ("int8", "bf16")
+            if name in v
+        ]
+        parts += ["", f"### CPU int8 / bf16 (validation: {v['validation']})", "", *lines]
+        if not r["model"]["trained"]:
+            parts.append("- The model's head is untrained, so these recall figures mean nothing.")
+    parts += ["", f"Run took {r['seconds']:.0f} s. Command: `{r['command']}`."]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

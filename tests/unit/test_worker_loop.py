@@ -1,0 +1,382 @@
+"""The loop with in-memory fakes: order of effects, no commit on failure, batching, revokes, stop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from worker.batching import Limits
+from worker.counts import Tally
+from worker.keys import H_DLQ_REASON
+from worker.loop import Item, Loop, LoopConfig, fault_hook
+from worker.messages import ModelRef, Record, Rejected, Scores
+from worker.output import OutRecord
+
+# ----------------------------------------------------------------------------------------------- fakes
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+@dataclass
+class FakeSource:
+    clock: Clock
+    events: list[str]
+    logs: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    polls: list[int] = field(default_factory=list)  # max_records asked each poll
+    revoke_at_poll: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
+    fail_commits: int = 0
+
+    def add(
+        self, topic: str, partition: int, values: Sequence[bytes | None], ts: int = 1_700_000_000_000
+    ) -> None:
+        log = self.logs.setdefault((topic, partition), [])
+        for v in values:
+            log.append(Record(topic, partition, len(log), f"k{len(log)}".encode(), v, [], ts))
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        self.polls.append(max_records)
+        out: list[Record] = []
+        for tp, log in self.logs.items():
+            pos = self.positions.get(tp, self.committed.get(tp, 0))
+            take = log[pos : pos + max_records - len(out)]
+            out.extend(take)
+            self.positions[tp] = pos + len(take)
+        if out:
+            self.events.append("poll")
+        else:
+            self.clock.now += timeout_ms / 1000
+        return out
+
+    def take_revoked(self) -> set[tuple[str, int]]:
+        revoked = self.revoke_at_poll.pop(len(self.polls), set())
+        for tp in revoked:  # a revoked partition restarts from its committed offset
+            self.positions.pop(tp, None)
+        return revoked
+
+    def assigned(self) -> bool:
+        return True
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise RuntimeError("CommitFailedError: rebalance in progress")
+        self.events.append("commit")
+        self.committed.update(offsets)
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.events.append("seek")
+        self.positions.update(offsets)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {tp: len(log) - self.positions.get(tp, 0) for tp, log in self.logs.items()}
+
+
+@dataclass
+class FakeSink:
+    events: list[str]
+    fail: int = 0
+    published: list[OutRecord] = field(default_factory=list)
+
+    def publish(self, records: Sequence[OutRecord]) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("KafkaTimeoutError: broker down")
+        self.events.append("publish")
+        self.published.extend(records)
+
+    def on(self, topic: str) -> list[OutRecord]:
+        return [r for r in self.published if r.topic == topic]
+
+
+@dataclass
+class FakeCounts:
+    events: list[str]
+    fail: int = 0
+    calls: list[tuple[list[Tally], dict[tuple[str, int], int]]] = field(default_factory=list)
+
+    def apply(self, tallies: Sequence[Tally], next_offsets: Mapping[tuple[str, int], int]) -> int:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("Redis is down")
+        self.events.append("apply")
+        self.calls.append((list(tallies), dict(next_offsets)))
+        return len(tallies)
+
+
+@dataclass
+class FakeModel:
+    """Label by keyword, one token per word (+2 special tokens)."""
+
+    events: list[str]
+    model_ref: ModelRef = field(default_factory=lambda: ModelRef(name="fake", version="0"))
+    batches: list[int] = field(default_factory=list)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[101, *(hash(w) % 1000 for w in t.split()), 102] for t in texts]
+
+    def classify(self, encoded: Sequence[Sequence[int]]) -> list[Scores]:
+        self.events.append("classify")
+        self.batches.append(len(encoded))
+        good, bad = hash("good") % 1000, hash("bad") % 1000
+        return [
+            Scores(negative=0.8, neutral=0.1, positive=0.1)
+            if bad in ids
+            else Scores(negative=0.1, neutral=0.1, positive=0.8)
+            if good in ids
+            else Scores(negative=0.1, neutral=0.8, positive=0.1)
+            for ids in encoded
+        ]
+
+
+@dataclass
+class Harness:
+    clock: Clock
+    events: list[str]
+    source: FakeSource
+    sink: FakeSink
+    counts: FakeCounts
+    model: FakeModel
+    loop: Loop
+
+
+def make_loop(
+    *,
+    max_records: int = 8,
+    max_tokens: int = 10_000,
+    max_wait_s: float = 0.05,
+    hook: Callable[[str], None] | None = None,
+) -> Harness:
+    clock, events = Clock(), list[str]()
+    source, sink, counts, model = (
+        FakeSource(clock, events),
+        FakeSink(events),
+        FakeCounts(events),
+        FakeModel(events),
+    )
+    config = LoopConfig(
+        limits=Limits(max_records, max_tokens, max_wait_s),
+        output_topic="out",
+        dlq_topic="dlq",
+        topic_kinds={"reviews": "review", "social-posts": "social_post"},
+        max_message_bytes=1024,
+    )
+    loop = Loop(source, sink, counts, model, config, clock=clock, sleep=clock.sleep)
+    if hook:
+        loop.hook = hook
+    return Harness(clock, events, source, sink, counts, model, loop)
+
+
+def review(i: int, text: str = "good stuff") -> bytes:
+    return json.dumps({"id": f"r{i}", "text": text, "source": "shop"}).encode()
+
+
+def post(i: int, text: str = "so bad", conversation: str | None = "c1") -> bytes:
+    return json.dumps(
+        {"id": f"p{i}", "text": text, "platform": "x", "conversation_id": conversation}
+    ).encode()
+
+
+def run_one(h: Harness) -> None:
+    items = h.loop.collect()
+    assert items
+    h.loop.process(items)
+
+
+# ----------------------------------------------------------------------------------------------- tests
+
+
+def test_effects_happen_in_order_and_offsets_are_committed_plus_one() -> None:
+    points: list[str] = []
+    h = make_loop(hook=points.append)
+    h.source.add("reviews", 0, [review(0), review(1, "bad thing")])
+    h.source.add("social-posts", 1, [post(0)])
+    run_one(h)
+    assert h.events == ["poll", "classify", "publish", "apply", "commit"]
+    assert points == ["after_poll", "after_classify", "after_publish", "after_redis", "after_commit"]
+    assert h.source.committed == {("reviews", 0): 2, ("social-posts", 1): 1}
+    assert h.counts.calls[0][1] == {("reviews", 0): 2, ("social-posts", 1): 1}
+
+
+def test_results_and_tallies_match_each_message_in_order() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0, "good"), b"{broken", review(2, "bad"), review(3, "plain words")])
+    run_one(h)
+    results = [json.loads(r.value or b"") for r in h.sink.on("out")]
+    assert [(r["id"], r["label"], r["input"]["offset"]) for r in results] == [
+        ("r0", "positive", 0),
+        ("r2", "negative", 2),
+        ("r3", "neutral", 3),
+    ]
+    tallies = h.counts.calls[0][0]
+    assert [(t.offset, t.label, t.kind, t.source) for t in tallies] == [
+        (0, "positive", "review", "shop"),
+        (2, "negative", "review", "shop"),
+        (3, "neutral", "review", "shop"),
+    ]
+    [dead] = h.sink.on("dlq")
+    assert dead.value == b"{broken" and dict(dead.headers)[H_DLQ_REASON] == b"invalid_json"
+
+
+@pytest.mark.parametrize("failing", ["sink", "counts"])
+def test_a_failing_side_effect_leaves_the_commit_untouched_then_the_batch_is_retried(failing: str) -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0), review(1)])
+    if failing == "sink":
+        h.sink.fail = 1
+    else:
+        h.counts.fail = 1
+    h.loop.run(until_idle_s=2)
+    # First attempt: no commit, seek back; second attempt commits.
+    first_commit = h.events.index("commit")
+    assert "seek" in h.events[:first_commit]
+    assert h.events.count("commit") == 1
+    assert h.source.committed == {("reviews", 0): 2}
+    assert (
+        h.loop.metrics.batch_failures.labels(
+            "RuntimeError" if failing == "sink" else "ConnectionError"
+        )._value.get()
+        == 1
+    )
+
+
+def test_failing_publish_means_no_redis_write_and_no_commit() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0)])
+    h.sink.fail = 1
+    items = h.loop.collect()
+    with pytest.raises(RuntimeError):
+        h.loop.process(items)
+    assert h.counts.calls == [] and h.source.committed == {}
+
+
+def test_failing_redis_means_no_commit() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0)])
+    h.counts.fail = 1
+    items = h.loop.collect()
+    with pytest.raises(ConnectionError):
+        h.loop.process(items)
+    assert len(h.sink.published) == 1 and h.source.committed == {}
+
+
+def test_failing_commit_is_retried_without_losing_records() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0), review(1)])
+    h.source.fail_commits = 1
+    assert h.loop.run(until_idle_s=2)
+    assert h.source.committed == {("reviews", 0): 2}
+    # At least once: results published twice, Redis update sent twice (its watermark dedupes).
+    assert len(h.sink.on("out")) == 4 and len(h.counts.calls) == 2
+
+
+def test_empty_polls_do_nothing_and_idle_ends_the_run() -> None:
+    h = make_loop()
+    assert h.loop.run(until_idle_s=1.0)
+    assert h.events == []
+    assert h.clock.now >= 1001.0
+
+
+def test_dead_letter_only_batch_is_published_counted_and_committed() -> None:
+    h = make_loop()
+    h.source.add("reviews", 3, [None, b"\xff", b"[]"])
+    run_one(h)
+    assert h.events == ["poll", "publish", "apply", "commit"]  # no classification needed
+    assert len(h.sink.on("dlq")) == 3 and h.sink.on("out") == []
+    assert h.counts.calls == [([], {("reviews", 3): 3})]
+    assert h.source.committed == {("reviews", 3): 3}
+
+
+def test_batch_closes_at_max_records_and_polls_no_more_than_that() -> None:
+    h = make_loop(max_records=4)
+    h.source.add("reviews", 0, [review(i) for i in range(10)])
+    h.loop.run(until_idle_s=1)
+    assert h.model.batches == [4, 4, 2]
+    assert max(h.source.polls) == 4
+    assert h.source.committed == {("reviews", 0): 10}
+
+
+def test_batch_closes_on_token_budget_without_waiting() -> None:
+    h = make_loop(max_records=100, max_tokens=10, max_wait_s=5.0)
+    h.source.add("reviews", 0, [review(0, "good " * 9)])  # 11 tokens with the special tokens
+    start = h.clock.now
+    items = h.loop.collect()
+    assert len(items) == 1
+    assert h.source.polls == [100] and h.clock.now == start  # closed at once: no second poll, no wait
+
+
+def test_batch_waits_for_more_records_until_max_wait() -> None:
+    h = make_loop(max_records=10, max_wait_s=0.05)
+    h.source.add("reviews", 0, [review(0)])
+    start = h.clock.now
+    items = h.loop.collect()
+    assert len(items) == 1
+    assert h.clock.now - start == pytest.approx(0.05)  # polled again for the rest of the wait, got nothing
+    assert len(h.source.polls) >= 2 and h.source.polls[1] == 9
+
+
+def test_revoked_partitions_are_dropped_from_the_batch_being_built() -> None:
+    h = make_loop(max_records=10)
+    h.source.add("reviews", 0, [review(0), review(1)])
+    h.source.add("reviews", 1, [review(10)])
+    # The revoke happens during the second poll of the batch (poll #2).
+    h.source.revoke_at_poll[2] = {("reviews", 0)}
+    items = h.loop.collect()
+    assert all(i.record.partition == 1 for i in items)
+    h.loop.process(items)
+    assert h.source.committed == {("reviews", 1): 1}
+    assert [json.loads(r.value or b"")["id"] for r in h.sink.on("out")] == ["r10"]
+
+
+def test_stop_finishes_the_current_batch_and_commits() -> None:
+    h = make_loop(max_records=2)
+    h.source.add("reviews", 0, [review(i) for i in range(6)])
+    h.loop.stop_requested = True  # as the SIGTERM handler does
+    items = h.loop.collect()
+    h.loop.process(items)
+    assert h.source.committed == {("reviews", 0): 2}
+    assert h.loop.run() is True  # returns at once, nothing more processed
+    assert h.source.committed == {("reviews", 0): 2}
+
+
+def test_stop_during_a_failing_batch_reports_failure() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0)])
+    h.sink.fail = 100
+
+    def stop_while_failing(_: float) -> None:
+        h.loop.request_stop()
+
+    h.loop.sleep = stop_while_failing
+    assert h.loop.run() is False
+    assert h.source.committed == {}
+
+
+def test_conversation_ids_reach_the_tallies() -> None:
+    h = make_loop()
+    h.source.add("social-posts", 0, [post(0), post(1, conversation=None)])
+    run_one(h)
+    assert [t.conversation_id for t in h.counts.calls[0][0]] == ["c1", None]
+
+
+def test_items_expose_their_position() -> None:
+    rec = Record("t", 1, 5, None, b"")
+    assert Item(rec, Rejected("x", "y"), None).position == ("t", 1, 5)
+
+
+def test_fault_hook_rejects_unknown_points() -> None:
+    with pytest.raises(ValueError):
+        fault_hook("after_lunch", 1)

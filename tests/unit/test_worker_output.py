@@ -1,0 +1,127 @@
+"""Output building: result records, dead letters and tallies."""
+
+from __future__ import annotations
+
+import json
+
+from worker.keys import (
+    H_DLQ_DETAIL,
+    H_DLQ_EXCEPTION,
+    H_DLQ_OFFSET,
+    H_DLQ_PARTITION,
+    H_DLQ_REASON,
+    H_DLQ_TOPIC,
+    H_MODEL,
+)
+from worker.messages import ModelRef, Record, Rejected, Review, Scores, SocialPost
+from worker.output import DLQ_MAX_VALUE_BYTES, build_result, dead_letter, result_record, tally
+
+MODEL = ModelRef(name="minilm-tweeteval", version="abc123def456")
+SCORES = Scores(negative=0.1, neutral=0.2, positive=0.7)
+NOW = 1_714_564_900_000
+
+
+def record(topic: str = "reviews", ts: int = 1_714_564_850_000) -> Record:
+    return Record(topic, 2, 41, b"key", b"{}", [("trace", b"t1")], ts)
+
+
+def review(**kw: object) -> Review:
+    return Review.model_validate({"kind": "review", "id": "r1", "text": "nice", "source": "shop", **kw})
+
+
+def post(**kw: object) -> SocialPost:
+    return SocialPost.model_validate(
+        {"kind": "social_post", "id": "p1", "text": "meh", "platform": "x", **kw}
+    )
+
+
+def test_review_result_has_every_field_and_source() -> None:
+    result = build_result(review(created_at="2024-05-01T12:00:00Z"), SCORES, MODEL, record(), NOW)
+    out = json.loads(result.to_json_bytes())
+    assert out == {
+        "id": "r1",
+        "kind": "review",
+        "label": "positive",
+        "scores": {"negative": 0.1, "neutral": 0.2, "positive": 0.7},
+        "model": {"name": "minilm-tweeteval", "version": "abc123def456"},
+        "input": {"topic": "reviews", "partition": 2, "offset": 41},
+        "created_at": "2024-05-01T12:00:00.000Z",
+        "processed_at": "2024-05-01T12:01:40.000Z",
+        "source": "shop",
+    }
+
+
+def test_post_result_has_platform_and_conversation() -> None:
+    out = json.loads(
+        build_result(post(conversation_id="c9"), SCORES, MODEL, record("social-posts"), NOW).to_json_bytes()
+    )
+    assert out["platform"] == "x" and out["conversation_id"] == "c9"
+    assert "source" not in out
+
+
+def test_post_without_conversation_leaves_it_out() -> None:
+    out = json.loads(build_result(post(), SCORES, MODEL, record(), NOW).to_json_bytes())
+    assert "conversation_id" not in out
+
+
+def test_created_at_falls_back_to_the_record_time_then_now() -> None:
+    assert build_result(review(), SCORES, MODEL, record(ts=1_714_564_850_000), NOW).created_at == (
+        "2024-05-01T12:00:50.000Z"
+    )
+    assert build_result(review(), SCORES, MODEL, record(ts=-1), NOW).created_at == "2024-05-01T12:01:40.000Z"
+
+
+def test_result_record_is_keyed_by_id_with_model_header() -> None:
+    result = build_result(review(id="r\u00e9"), SCORES, MODEL, record(), NOW)
+    out = result_record(result, "sentiment-results")
+    assert out.topic == "sentiment-results"
+    assert out.key == "r\u00e9".encode()
+    assert out.headers == [(H_MODEL, b"minilm-tweeteval@abc123def456")]
+    assert json.loads(out.value or b"")["id"] == "r\u00e9"
+
+
+def test_tally_uses_created_at_and_score() -> None:
+    t = tally(post(conversation_id="c1", created_at=1_714_000_000_000), SCORES, record("social-posts"), NOW)
+    assert (t.topic, t.partition, t.offset) == ("social-posts", 2, 41)
+    assert (t.kind, t.source, t.label, t.conversation_id) == ("social_post", "x", "positive", "c1")
+    assert t.score == SCORES.score
+    assert t.ts_ms == 1_714_000_000_000
+
+
+def test_dead_letter_keeps_key_value_headers_and_says_why() -> None:
+    rec = record()
+    out = dead_letter(rec, Rejected("invalid_json", "Expecting value at line 1", "JSONDecodeError"), "dlq")
+    assert (out.topic, out.key, out.value) == ("dlq", rec.key, rec.value)
+    headers = dict(out.headers)
+    assert headers["trace"] == b"t1"
+    assert headers[H_DLQ_REASON] == b"invalid_json"
+    assert headers[H_DLQ_DETAIL] == b"Expecting value at line 1"
+    assert headers[H_DLQ_EXCEPTION] == b"JSONDecodeError"
+    assert (headers[H_DLQ_TOPIC], headers[H_DLQ_PARTITION], headers[H_DLQ_OFFSET]) == (
+        b"reviews",
+        b"2",
+        b"41",
+    )
+
+
+def test_dead_letter_without_exception_has_no_exception_header() -> None:
+    out = dead_letter(record(), Rejected("empty_text", "text is whitespace only"), "dlq")
+    assert H_DLQ_EXCEPTION not in dict(out.headers)
+
+
+def test_keyless_tombstone_gets_an_empty_value() -> None:
+    rec = Record("reviews", 0, 1, None, None)
+    out = dead_letter(rec, Rejected("null_value", "the record has no value"), "dlq")
+    assert out.key is None and out.value == b""
+
+
+def test_keyed_tombstone_stays_a_tombstone() -> None:
+    rec = Record("reviews", 0, 1, b"k", None)
+    assert dead_letter(rec, Rejected("null_value", "x"), "dlq").value is None
+
+
+def test_huge_value_is_truncated_to_fit_kafka() -> None:
+    rec = Record("reviews", 0, 1, b"k", b"x" * (DLQ_MAX_VALUE_BYTES + 10))
+    out = dead_letter(rec, Rejected("oversize", "big"), "dlq")
+    assert out.value is not None and len(out.value) == DLQ_MAX_VALUE_BYTES
+    assert b"truncated" in dict(out.headers)[H_DLQ_DETAIL]

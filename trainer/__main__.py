@@ -1,0 +1,270 @@
+"""sentiment-train: train / evaluate / predict. Bad input ends with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "sentiment-train"
+
+
+class UsageError(Exception):
+    """A bad argument; reported as one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _number(
+    kind: Callable[[str], Any], low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}: {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}: {text}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1)
+positive_float = _number(float, 0, low_open=True)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    p.add_argument(
+        "--label-map", help="raw=label pairs applied first, e.g. 'bad=negative,meh=neutral,good=positive'"
+    )
+    p.add_argument(
+        "--label-scheme",
+        default="auto",
+        choices=["auto", "names", "three", "binary", "stars"],
+        help="how integer labels are read (default: auto; see README)",
+    )
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Train, evaluate and use 3-class sentiment models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    t = sub.add_parser("train", help="fine-tune a base model (LoRA by default) and export a model folder")
+    t.add_argument("--base-model", required=True, help="minilm, mpnet, a local model folder or a hub id")
+    t.add_argument(
+        "--train",
+        required=True,
+        nargs="+",
+        metavar="DATA",
+        help="training data: .jsonl/.csv/.parquet file(s) or hf:NAME[:CONFIG][@SPLIT]",
+    )
+    t.add_argument("--validation", metavar="DATA", help="validation data (default: split off --train)")
+    t.add_argument(
+        "--validation-fraction",
+        type=_number(float, 0, 0.5, low_open=True),
+        default=0.05,
+        help="share of --train held out when no --validation is given (default: 0.05)",
+    )
+    t.add_argument("--output", required=True, help="model folder to write")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    t.add_argument(
+        "--epochs", type=positive_float, default=1.0, help="epochs, may be fractional (default: 1)"
+    )
+    t.add_argument("--max-steps", type=positive_int, help="stop after N optimiser steps (overrides --epochs)")
+    t.add_argument(
+        "--max-train-samples", type=positive_int, help="use a stratified subset of N training rows"
+    )
+    t.add_argument(
+        "--learning-rate",
+        "--lr",
+        type=positive_float,
+        help="peak learning rate (default: 1e-3 for LoRA, 5e-5 with --full)",
+    )
+    t.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default: 32)")
+    t.add_argument("--eval-batch-size", type=positive_int, default=128, help="(default: 128)")
+    t.add_argument(
+        "--max-length", type=_number(int, 8, 4096), default=96, help="max tokens per text (default: 96)"
+    )
+    t.add_argument("--warmup-ratio", type=_number(float, 0, 0.5), default=0.06, help="(default: 0.06)")
+    t.add_argument("--weight-decay", type=_number(float, 0), default=0.01, help="(default: 0.01)")
+    t.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default: 16)")
+    t.add_argument("--lora-alpha", type=positive_int, default=32, help="LoRA alpha (default: 32)")
+    t.add_argument("--lora-dropout", type=_number(float, 0, 0.9), default=0.1, help="(default: 0.1)")
+    t.add_argument(
+        "--lora-target-modules",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        help="comma-separated module names (default: picked by architecture)",
+    )
+    t.add_argument(
+        "--no-train-pooler",
+        dest="train_pooler",
+        action="store_false",
+        help="LoRA: keep the pooler frozen (default: train it in full with the head)",
+    )
+    t.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (no adapter/)")
+    t.add_argument("--weighted-loss", action="store_true", help="class-balanced cross-entropy")
+    t.add_argument(
+        "--early-stopping",
+        type=positive_int,
+        metavar="N",
+        help="stop after N evaluations without improvement",
+    )
+    t.add_argument(
+        "--eval-steps", type=positive_int, help="evaluate every N steps (default: 5 times per run)"
+    )
+    t.add_argument(
+        "--metric",
+        default="macro_recall",
+        choices=["macro_recall", "accuracy", "macro_f1"],
+        help="validation metric that picks the best checkpoint (default: macro_recall)",
+    )
+    t.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
+        help="plain random batches (default: batches of similar length, less padding)",
+    )
+    t.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    t.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 mixed precision (default: on when CUDA supports it)",
+    )
+    t.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: cores, at most 8)")
+    t.add_argument("--data-license", help="licence statement for the model card")
+    _data_options(t)
+
+    e = sub.add_parser("evaluate", help="score a model folder on labelled data; last stdout line is JSON")
+    e.add_argument("--model", required=True, help="exported model folder")
+    e.add_argument("--data", required=True, help=".jsonl/.csv/.parquet file or hf:NAME[:CONFIG][@SPLIT]")
+    e.add_argument("--report", help="also write the JSON report here, and a confusion-matrix PNG next to it")
+    e.add_argument("--batch-size", type=positive_int, default=64, help="(default: 64)")
+    e.add_argument("--max-length", type=_number(int, 8, 4096), default=128, help="(default: 128)")
+    _data_options(e)
+
+    p = sub.add_parser("predict", help="label texts; one JSON line per text")
+    p.add_argument("--model", required=True, help="exported model folder")
+    p.add_argument("--max-length", type=_number(int, 8, 4096), default=128, help="(default: 128)")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    return parser
+
+
+def _threads() -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(min(8, len(os.sched_getaffinity(0))))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from trainer.train import TrainConfig, run
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"output {out} exists and is not empty (pass --overwrite to replace it)")
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "overwrite", "func")}
+    summary = run(TrainConfig(**fields))
+    m = summary["validation"]
+    print(
+        json.dumps(
+            {
+                "output": str(out),
+                "macro_recall": m["macro_recall"],
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "steps": summary["steps"],
+                "wall_time_s": summary["wall_time_s"],
+            }
+        )
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from trainer.data import LABELS, load_labelled, parse_label_map
+    from trainer.evaluate import classification_metrics, plot_confusion_matrix, restricted_predictions
+    from trainer.inference import load_classifier, predict_scores
+
+    data = load_labelled(
+        args.data,
+        args.text_column,
+        args.label_column,
+        parse_label_map(args.label_map),
+        args.label_scheme,
+        default_split="test",
+    )
+    clf = load_classifier(args.model)
+    _threads()
+    scores = predict_scores(clf, data.texts, args.batch_size, args.max_length, progress=True)
+    result: dict[str, Any] = {"model": args.model, "data": args.data}
+    result.update(classification_metrics(data.labels, np.argmax(scores, axis=1).tolist()))
+    present = sorted(set(data.labels))
+    if len(present) < len(LABELS):
+        # e.g. a 2-class set: also score the argmax over the classes the set has (see evaluate.py)
+        restricted = classification_metrics(data.labels, restricted_predictions(scores, present).tolist())
+        result["restricted_to_present_classes"] = {
+            k: restricted[k] for k in ("accuracy", "macro_recall", "macro_f1", "confusion_matrix")
+        }
+    if args.report:
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result, indent=2) + "\n")
+        plot_confusion_matrix(
+            result["confusion_matrix"],
+            report.with_name(report.stem + ".confusion_matrix.png"),
+            f"{Path(args.data).parent.name or args.data}: macro recall {result['macro_recall']:.3f}",
+        )
+    print(json.dumps(result))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from trainer.data import LABELS
+    from trainer.inference import label_of, load_classifier, predict_scores
+
+    clf = load_classifier(args.model)
+    _threads()
+    scores = predict_scores(clf, args.texts, max_length=args.max_length)
+    for text, row in zip(args.texts, scores, strict=True):
+        record = {
+            "text": text,
+            "label": label_of(row),
+            "scores": {n: round(float(s), 5) for n, s in zip(LABELS, row, strict=True)},
+        }
+        print(json.dumps(record, ensure_ascii=False))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    from trainer.data import DataError
+    from trainer.models import ModelError
+
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    try:
+        args = build_parser().parse_args(argv)
+        commands[args.command](args)
+    except (UsageError, DataError, ModelError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

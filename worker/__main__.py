@@ -1,0 +1,257 @@
+"""sentiment-worker CLI: run | counts | mood | schema. Settings come from SENTIMENT_* environment variables.
+
+Exit codes: 0 success; 1 a runtime problem (unreachable Kafka/Redis, unusable model, unknown conversation,
+a batch that failed when asked to stop); 2 bad arguments or settings. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any, NoReturn
+
+import redis
+from pydantic import ValidationError
+
+from worker.config import Settings, describe_error
+from worker.counts import KINDS, CountStore, parse_window
+from worker.messages import json_schemas, schema_text
+
+log = logging.getLogger("worker")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _window(text: str) -> int:
+    try:
+        return parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sentiment-worker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="consume, classify, publish and count until stopped")
+    run.add_argument(
+        "--until-idle", type=_positive, metavar="SECONDS", help="exit 0 after SECONDS without new messages"
+    )
+    counts = sub.add_parser("counts", help="print the label counts of a recent window as JSON")
+    counts.add_argument("--window", type=_window, default=900, help="e.g. 30s, 15m, 1h, 2d (default 15m)")
+    counts.add_argument("--kind", choices=KINDS)
+    counts.add_argument("--source", help="a review source or social platform")
+    mood = sub.add_parser("mood", help="print a conversation's mood as JSON")
+    mood.add_argument("conversation_id")
+    schema = sub.add_parser("schema", help="print the message JSON Schemas, or write them to a folder")
+    schema.add_argument("--write", type=Path, metavar="DIR", help="write one *.schema.json file per schema")
+    return parser
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"sentiment-worker: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _where(url: str) -> str:
+    """host:port of a URL, without credentials, for error messages."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    try:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=settings.connect_timeout_s,
+            socket_timeout=max(5.0, settings.connect_timeout_s),
+            health_check_interval=30,
+            **settings.redis_kwargs(),
+        )
+        client.ping()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        _fail(f"cannot reach Redis at {_where(settings.redis_url)}: {type(exc).__name__}: {exc}")
+    return client
+
+
+def _store(settings: Settings, client: redis.Redis) -> CountStore:
+    return CountStore(
+        client,
+        prefix=settings.redis_prefix,
+        bucket_s=settings.bucket_seconds,
+        retention_s=settings.retention_seconds,
+        mood_size=settings.mood_size,
+    )
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, sort_keys=False), flush=True)
+
+
+def _schema(write: Path | None) -> None:
+    schemas = json_schemas()
+    if write is None:
+        _print(schemas)
+        return
+    write.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas.items():
+        (write / name).write_text(schema_text(schema), encoding="utf-8")
+    print(f"wrote {len(schemas)} schemas to {write}", file=sys.stderr)
+
+
+def _run(settings: Settings, until_idle_s: float | None) -> int:
+    if settings.processing_guarantee == "exactly_once":
+        _fail("SENTIMENT_PROCESSING_GUARANTEE=exactly_once is not implemented yet; use at_least_once", 2)
+    # Heavy imports (torch) only for the command that needs them.
+    from kafka.errors import KafkaError
+
+    from worker.batching import Limits
+    from worker.classifier import Classifier, ModelError
+    from worker.consume import KafkaSource
+    from worker.loop import Loop, LoopConfig, fault_hook
+    from worker.metrics import Metrics, serve
+    from worker.publish import KafkaSink
+
+    metrics = Metrics()
+    if settings.metrics_port:
+        serve(
+            metrics,
+            settings.metrics_host,
+            settings.metrics_port,
+            stale_after_s=60 + settings.max_wait_ms / 1000,
+        )
+    store = _store(settings, _redis(settings))
+    try:
+        model = Classifier(
+            settings.model_dir,
+            device=settings.device,
+            max_length=settings.max_length,
+            max_rows=settings.effective_batch_size(settings.device),
+            max_tokens=settings.effective_batch_tokens(settings.device),
+            threads=settings.effective_threads(),
+        )
+    except ModelError as exc:
+        _fail(str(exc))
+    device = model.device.type
+    metrics.model_loaded = True
+    metrics.model_info.labels(model.model_ref.name, model.model_ref.version, device).set(1)
+    batch_size = settings.effective_batch_size(device)
+    kafka_args = settings.kafka_common()
+    try:
+        sink = KafkaSink(
+            client_id=f"{settings.group_id}-producer",
+            connect_timeout_s=settings.connect_timeout_s,
+            kafka_args=kafka_args,
+        )
+        source = KafkaSource(
+            settings.input_topics,
+            group_id=settings.group_id,
+            max_poll_records=batch_size,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            max_message_bytes=settings.max_message_bytes,
+            connect_timeout_s=settings.connect_timeout_s,
+            kafka_args=kafka_args,
+        )
+    except KafkaError as exc:
+        _fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {type(exc).__name__}: {exc}")
+    metrics.assigned = source.assigned
+    loop = Loop(
+        source,
+        sink,
+        store,
+        model,
+        LoopConfig(
+            limits=Limits(
+                max_records=batch_size,
+                max_tokens=settings.effective_batch_tokens(device),
+                max_wait_s=settings.max_wait_ms / 1000,
+            ),
+            output_topic=settings.output_topic,
+            dlq_topic=settings.dlq_topic,
+            topic_kinds=settings.topic_kinds,
+            max_message_bytes=settings.max_message_bytes,
+            log_text=settings.log_text,
+        ),
+        metrics=metrics,
+        hook=fault_hook(settings.fault_point, settings.fault_after_n) if settings.fault_point else _no_fault,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping after the current batch", extra={"signal": signal.Signals(signum).name})
+        loop.request_stop()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "worker started",
+        extra={
+            "topics": settings.input_topics,
+            "group_id": settings.group_id,
+            "batch_size": batch_size,
+            "device": device,
+            "model": model.model_ref.name,
+            "version": model.model_ref.version,
+        },
+    )
+    try:
+        ok = loop.run(until_idle_s=until_idle_s)
+    finally:
+        source.close()
+        sink.close()
+    log.info("worker stopped", extra={"processed": loop.processed, "clean": ok})
+    return 0 if ok else 1
+
+
+def _no_fault(point: str) -> None:
+    pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        _schema(args.write)
+        return
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        _fail(describe_error(exc), 2)
+    from worker import logs
+
+    logs.setup(settings.log_level)
+    if args.command == "run":
+        sys.exit(_run(settings, args.until_idle))
+    store = _store(settings, _redis(settings))
+    if args.command == "counts":
+        try:
+            _print(store.window(args.window, kind=args.kind, source=args.source))
+        except ValueError as exc:
+            _fail(str(exc), 2)
+    elif args.command == "mood":
+        mood = store.mood(args.conversation_id)
+        if mood is None:
+            _fail(f"unknown conversation {args.conversation_id!r} (never seen, or expired)")
+        _print(mood)
+
+
+if __name__ == "__main__":
+    main()

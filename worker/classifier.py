@@ -1,0 +1,200 @@
+"""The only module that imports torch and transformers: load a model folder and classify token ids.
+
+A model folder (what the trainer exports) must hold config.json with id2label naming negative, neutral and
+positive, the tokenizer files, and *.safetensors weights. Folders with only pickle weights (*.bin, *.pt,
+*.ckpt) are refused, and no code from the folder is ever run (trust_remote_code=False).
+
+Model identity, reported in every result: name = the folder's base name; version = the first 12 hex digits of
+the sha256 over the folder's *.safetensors files (sorted by name), so a retrained model gets a new version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
+from transformers.utils import logging as hf_logging
+
+from worker.batching import plan_chunks, restore_order
+from worker.messages import LABELS, ModelRef, Scores
+
+log = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelError(Exception):
+    """The model folder cannot be used; the message is one line for the operator."""
+
+
+def check_model_dir(path: Path) -> list[Path]:
+    """Return the folder's safetensors files, or raise ModelError saying what is wrong with the folder."""
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise ModelError(f"{path} holds only a LoRA adapter; point MODEL_DIR at the merged model export")
+        raise ModelError(f"{path} has no config.json, so it is not a model folder")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelError(
+                f"{path} has only pickle weights ({', '.join(sorted(pickles))}); "
+                "the worker loads safetensors only: re-save the model with safe_serialization"
+            )
+        raise ModelError(f"{path} has no *.safetensors weights")
+    return weights
+
+
+def model_ref(path: Path, weights: Sequence[Path]) -> ModelRef:
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(w.name.encode())
+        with w.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return ModelRef(name=path.resolve().name, version=digest.hexdigest()[:12])
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("DEVICE=cuda but CUDA is not available")
+    return torch.device(requested)
+
+
+class Classifier:
+    """Tokenize with ``encode``; classify token ids with ``classify`` (length-sorted chunks, order kept)."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        max_length: int = 128,
+        max_rows: int = 32,
+        max_tokens: int = 4096,
+        threads: int = 0,
+    ) -> None:
+        path = Path(model_dir)
+        weights = check_model_dir(path)
+        self.device = pick_device(device)
+        if self.device.type == "cpu" and threads > 0:
+            torch.set_num_threads(threads)
+        self.max_length = max_length
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.model_ref = model_ref(path, weights)
+        hf_logging.disable_progress_bar()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=False, local_files_only=True
+            )
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, trust_remote_code=False, local_files_only=True
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
+        self._columns = label_columns(model.config.id2label)
+        self.model = model.to(self.device).eval()
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = 0 if pad is None else int(pad)
+        self._autocast_dtype: torch.dtype | None = None
+        if self.device.type == "cuda":
+            self._autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.classify(self.encode(["warm up"]))
+        log.info(
+            "model loaded",
+            extra={
+                "model": self.model_ref.name,
+                "version": self.model_ref.version,
+                "device": str(self.device),
+            },
+        )
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated to max_length (special tokens included)."""
+        if not texts:
+            return []
+        out = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [list(ids) for ids in out["input_ids"]]
+
+    def classify(self, encoded: Sequence[Sequence[int]]) -> list[Scores]:
+        if not encoded:
+            return []
+        chunks = plan_chunks([len(e) for e in encoded], max_rows=self.max_rows, max_tokens=self.max_tokens)
+        return restore_order(chunks, [self._forward([encoded[i] for i in chunk]) for chunk in chunks])
+
+    def _forward(self, rows: Sequence[Sequence[int]]) -> list[Scores]:
+        width = max(len(r) for r in rows)
+        if self.device.type == "cuda":
+            width = -(-width // 8) * 8  # tensor cores like multiples of 8
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=self._autocast_dtype)
+            if self._autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        probs = torch.softmax(logits.float(), dim=-1)[:, self._columns].cpu().tolist()
+        return [Scores(negative=p[0], neutral=p[1], positive=p[2]) for p in probs]
+
+
+def label_columns(id2label: dict[int, str] | None) -> list[int]:
+    """Logit columns of negative, neutral, positive (in that order) from the model config's id2label."""
+    names = {str(name).strip().lower(): int(i) for i, name in (id2label or {}).items()}
+    if set(names) != set(LABELS):
+        raise ModelError(
+            f"the model's id2label must name exactly {', '.join(LABELS)}; got {sorted(names) or 'nothing'}"
+        )
+    return [names[label] for label in LABELS]
+
+
+def save_random_classifier(
+    out_dir: str | os.PathLike[str],
+    *,
+    tokenizer_dir: str | os.PathLike[str],
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Save a small randomly initialised BERT classifier with a real tokenizer: a model folder for tests and
+    benchmarks that needs no download. Its labels are meaningless but deterministic."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden_size * 4,
+        max_position_embeddings=512,
+        initializer_range=0.5,  # large weights, so that random texts get a spread of labels
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    hf_logging.disable_progress_bar()
+    out = Path(out_dir)
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,142 @@
+"""Kafka consumer adapter: poll records, commit offsets, seek back, and report revoked partitions and lag."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from worker.messages import Record
+
+log = logging.getLogger(__name__)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Remembers revoked partitions for the loop; kafka-python may call it from its network thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._revoked: set[tuple[str, int]] = set()
+        self.assignments = 0
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        with self._lock:
+            self._revoked.update((tp.topic, tp.partition) for tp in revoked)
+        if revoked:
+            log.info(
+                "partitions revoked",
+                extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in revoked)},
+            )
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        with self._lock:
+            self.assignments += 1
+        log.info(
+            "partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)}
+        )
+
+    def take_revoked(self) -> set[tuple[str, int]]:
+        with self._lock:
+            out, self._revoked = self._revoked, set()
+        return out
+
+
+class KafkaSource:
+    """The consumer side of the loop. Auto-commit is off; offsets are committed explicitly after each batch.
+
+    max_poll_records equals the batch size, so one batch never holds more than one poll's worth of work and
+    the time between polls stays far below max.poll.interval.ms (see the README's note on slow inference).
+    """
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        max_poll_records: int,
+        max_poll_interval_ms: int,
+        session_timeout_ms: int = 45_000,
+        max_message_bytes: int,
+        connect_timeout_s: float,
+        kafka_args: Mapping[str, Any],
+    ) -> None:
+        self._listener = _Listener()
+        self.consumer = KafkaConsumer(
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max_poll_records,
+            max_poll_interval_ms=max_poll_interval_ms,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+            # Oversize records are still fetched (then dead-lettered), so fetch at least one whole record.
+            max_partition_fetch_bytes=max(1024 * 1024, max_message_bytes + 64 * 1024),
+            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+            client_id=f"{group_id}-consumer",
+            **kafka_args,
+        )
+        self.consumer.subscribe(topics=list(topics), listener=self._listener)
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to read, as far as polls told us
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        for tp, records in batches.items():
+            if records:
+                self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+        return [
+            Record(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key,
+                value=r.value,
+                headers=list(r.headers or []),
+                timestamp_ms=r.timestamp if r.timestamp is not None else -1,
+            )
+            for records in batches.values()
+            for r in records
+        ]
+
+    def take_revoked(self) -> set[tuple[str, int]]:
+        return self._listener.take_revoked()
+
+    @property
+    def assignments(self) -> int:
+        """How many assignments happened so far (the loop resets its idle clock when this changes)."""
+        return self._listener.assignments
+
+    def assigned(self) -> bool:
+        return bool(self.consumer.assignment())
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        )
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        assignment = self.consumer.assignment()
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assignment:  # a revoked partition restarts from its committed offset anyway
+                self.consumer.seek(tp, offset)
+                self._positions[(topic, partition)] = offset
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed per assigned partition (high watermark - position), where both are known.
+
+        Positions come from the records polled, so this needs no network round trip.
+        """
+        out: dict[tuple[str, int], int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            position = self._positions.get((tp.topic, tp.partition))
+            if high is not None and position is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

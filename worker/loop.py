@@ -1,0 +1,302 @@
+"""The worker loop: poll -> decode -> micro-batch -> classify -> publish + flush -> count -> commit.
+
+One thread does everything, one batch at a time, so a batch is fully published, counted and committed before
+the next one starts. Its sources and sinks are small protocols (Kafka and Redis adapters in production,
+in-memory fakes in the unit tests, an in-process source in benchmarks).
+
+Guarantees (at least once):
+- Offsets are committed (offset + 1 per partition) only after every result and dead letter of the batch was
+  acknowledged by Kafka and the counts were written to Redis. If any step fails nothing is committed, the
+  consumer seeks back to the batch's first offsets and the batch is processed again after a back-off.
+- So a crash or failure can republish results (duplicates on the output topic), but never loses a record.
+- Counts stay exact: Redis stores a per-partition watermark with the counts in the same Lua call and skips
+  offsets below it, so a replayed record is never counted twice.
+
+max.poll.interval.ms: batches are bounded (max_poll_records = batch size, and a batch closes after
+max_wait), so the time between two polls is one batch's inference plus one flush, seconds at worst on CPU,
+far below the 5-minute default. We chose this over pausing partitions and classifying in a second thread
+because it keeps one thread, one order of effects and no shared state; the price is that Kafka is not
+polled while a batch is being classified, which costs nothing at these batch times.
+
+Rebalances: revoke callbacks run inside poll(). A batch may span several polls while it fills, so after each
+poll the records of revoked partitions are dropped from the batch being built (not committed; the new owner
+reads them again from the committed offset, and the Redis watermark keeps the counts exact). Between batches
+nothing is uncommitted, so a revoke there needs no action. On assignment nothing special happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.batching import Limits, first_offsets, is_full, next_offsets, wait_left_s
+from worker.counts import Tally
+from worker.decode import decode
+from worker.messages import ModelRef, Record, Rejected, Review, Scores, SocialPost
+from worker.metrics import Metrics
+from worker.output import OutRecord, build_result, dead_letter, result_record, tally
+
+log = logging.getLogger(__name__)
+
+FAULT_POINTS = ("after_poll", "after_classify", "after_publish", "after_redis", "after_commit")
+
+
+class Source(Protocol):
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
+    def take_revoked(self) -> set[tuple[str, int]]: ...
+    def assigned(self) -> bool: ...
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+    def lag(self) -> dict[tuple[str, int], int]: ...
+
+
+class Sink(Protocol):
+    def publish(self, records: Sequence[OutRecord]) -> None: ...
+
+
+class Counts(Protocol):
+    def apply(self, tallies: Sequence[Tally], next_offsets: Mapping[tuple[str, int], int]) -> int: ...
+
+
+class Model(Protocol):
+    model_ref: ModelRef
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def classify(self, encoded: Sequence[Sequence[int]]) -> list[Scores]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    limits: Limits
+    output_topic: str
+    dlq_topic: str
+    topic_kinds: Mapping[str, str]
+    max_message_bytes: int
+    idle_poll_ms: int = 200
+    backoff_s: tuple[float, float] = (0.5, 30.0)  # first and longest wait after a failed batch
+    log_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    record: Record
+    decoded: Review | SocialPost | Rejected
+    ids: list[int] | None  # token ids of a valid message
+
+    @property
+    def position(self) -> tuple[str, int, int]:
+        return self.record.topic, self.record.partition, self.record.offset
+
+
+def fault_hook(point: str, after_n: int) -> Callable[[str], None]:
+    """A hook that SIGKILLs this process the after_n-th time the loop reaches ``point`` (crash tests)."""
+    if point not in FAULT_POINTS:
+        raise ValueError(f"fault point must be one of {', '.join(FAULT_POINTS)}")
+    seen = 0
+
+    def hook(at: str) -> None:
+        nonlocal seen
+        if at == point:
+            seen += 1
+            if seen >= after_n:
+                logging.shutdown()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _no_hook(point: str) -> None:
+    pass
+
+
+class Loop:
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        counts: Counts,
+        model: Model,
+        config: LoopConfig,
+        *,
+        metrics: Metrics | None = None,
+        hook: Callable[[str], None] = _no_hook,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.source, self.sink, self.counts, self.model, self.config = source, sink, counts, model, config
+        self.metrics = metrics or Metrics()
+        self.hook, self.clock, self.wall_ms, self.sleep = hook, clock, wall_ms, sleep
+        self.stop_requested = False
+        self.processed = 0  # records committed (results + dead letters)
+
+    def request_stop(self) -> None:
+        """Finish the batch being built or processed, commit it, then return from run()."""
+        self.stop_requested = True
+
+    # ------------------------------------------------------------------------------------------ batches
+
+    def collect(self) -> list[Item]:
+        """Poll until a batch is full (records or tokens), its wait is over, or a poll comes back empty."""
+        limits = self.config.limits
+        items: list[Item] = []
+        tokens = 0
+        started: float | None = None
+        while True:
+            timeout_s = (
+                self.config.idle_poll_ms / 1000
+                if started is None
+                else wait_left_s(started, self.clock(), limits)
+            )
+            records = self.source.poll(math.ceil(timeout_s * 1000), limits.max_records - len(items))
+            revoked = self.source.take_revoked()
+            if revoked and items:
+                items = [i for i in items if i.position[:2] not in revoked]
+                tokens = sum(len(i.ids or ()) for i in items)
+                if not items:
+                    started = None
+            if records:
+                self.hook("after_poll")
+                new = self._prepare(records)
+                items.extend(new)
+                tokens += sum(len(i.ids or ()) for i in new)
+                if started is None:
+                    started = self.clock()
+            if not items:
+                return []
+            assert started is not None
+            if (
+                self.stop_requested
+                or is_full(len(items), tokens, limits)
+                or wait_left_s(started, self.clock(), limits) <= 0
+            ):
+                return items
+
+    def _prepare(self, records: Sequence[Record]) -> list[Item]:
+        decoded = [
+            decode(r, topic_kinds=self.config.topic_kinds, max_bytes=self.config.max_message_bytes)
+            for r in records
+        ]
+        texts = [d.text for d in decoded if not isinstance(d, Rejected)]
+        encoded = iter(self.model.encode(texts))
+        for r in records:
+            self.metrics.messages_in.labels(r.topic).inc()
+        return [
+            Item(r, d, None if isinstance(d, Rejected) else next(encoded))
+            for r, d in zip(records, decoded, strict=True)
+        ]
+
+    def process(self, items: Sequence[Item]) -> None:
+        """Classify, publish + flush, count, commit. Raises (nothing committed) if any step fails."""
+        started = self.clock()
+        good = [i for i in items if i.ids is not None]
+        scores = iter(self.model.classify([i.ids for i in good if i.ids is not None]) if good else ())
+        inference_s = self.clock() - started
+        self.hook("after_classify")
+
+        now_ms = self.wall_ms()
+        out: list[OutRecord] = []
+        tallies: list[Tally] = []
+        for item in items:
+            if isinstance(item.decoded, Rejected):
+                out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic))
+                continue
+            s = next(scores)
+            result = build_result(item.decoded, s, self.model.model_ref, item.record, now_ms)
+            out.append(result_record(result, self.config.output_topic))
+            tallies.append(tally(item.decoded, s, item.record, now_ms))
+            if self.config.log_text and log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "classified", extra={"id": result.id, "label": result.label, "text": item.decoded.text}
+                )
+
+        self.sink.publish(out)
+        self.hook("after_publish")
+        offsets = next_offsets(i.position for i in items)
+        self.counts.apply(tallies, offsets)
+        self.hook("after_redis")
+        self.source.commit(offsets)
+        self.hook("after_commit")
+
+        self.processed += len(items)
+        self._observe(items, tallies, inference_s, self.clock() - started, now_ms)
+
+    def _observe(
+        self, items: Sequence[Item], tallies: Sequence[Tally], inference_s: float, batch_s: float, now_ms: int
+    ) -> None:
+        m = self.metrics
+        m.batch_size.observe(len(items))
+        m.inference_seconds.observe(inference_s)
+        m.batch_seconds.observe(batch_s)
+        for item in items:
+            d = item.decoded
+            if isinstance(d, Rejected):
+                m.dead_letters.labels(d.reason).inc()
+                continue
+            if item.record.timestamp_ms >= 0:
+                m.end_to_end_seconds.observe(max(0.0, (now_ms - item.record.timestamp_ms) / 1000))
+        for t in tallies:
+            m.results.labels(t.kind, t.label).inc()
+        log.debug("batch committed", extra={"records": len(items), "inference_s": round(inference_s, 4)})
+
+    # --------------------------------------------------------------------------------------------- run
+
+    def run(self, *, until_idle_s: float | None = None) -> bool:
+        """Process batches until stop is requested, or with until_idle_s until no record came for that long.
+
+        Returns False if the last batch failed (it stays uncommitted), else True.
+        """
+        last_activity = self.clock()
+        last_report = last_lag = self.clock()
+        failures = 0
+        reported = 0
+        while not self.stop_requested:
+            if failures == 0:
+                self.metrics.beat()  # a batch failing over and over makes /healthz go stale
+            items = self.collect()
+            now = self.clock()
+            if items:
+                try:
+                    self.process(items)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    self._recover(items, exc, failures)
+                    if self.stop_requested:
+                        return False
+                last_activity = self.clock()
+            elif not self.source.assigned():
+                last_activity = now  # still joining the group: that is not idleness
+            if now - last_lag >= 5:
+                self.metrics.set_lag(self.source.lag())
+                last_lag = now
+            if now - last_report >= 10 and self.processed != reported:
+                log.info("progress", extra={"processed": self.processed})
+                last_report, reported = now, self.processed
+            if until_idle_s is not None and now - last_activity >= until_idle_s:
+                log.info("idle, stopping", extra={"idle_s": until_idle_s, "processed": self.processed})
+                break
+        return True
+
+    def _recover(self, items: Sequence[Item], exc: Exception, failures: int) -> None:
+        error = type(exc).__name__
+        self.metrics.batch_failures.labels(error).inc()
+        low, high = self.config.backoff_s
+        delay = min(high, low * 2 ** (failures - 1))
+        log.error(
+            "batch failed; nothing committed, retrying",
+            extra={"error": error, "detail": str(exc)[:300], "records": len(items), "retry_in_s": delay},
+        )
+        try:
+            self.source.seek(first_offsets(i.position for i in items))
+        except Exception as seek_exc:  # the partitions may be gone; the next owner starts at the commit
+            log.warning("seek back failed", extra={"error": type(seek_exc).__name__})
+        deadline = self.clock() + delay
+        while not self.stop_requested and self.clock() < deadline:
+            self.sleep(min(0.2, max(0.0, deadline - self.clock())))

@@ -1,0 +1,112 @@
+"""PURE: what one batch writes: result records, dead-letter records and count tallies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.counts import Tally
+from worker.keys import (
+    H_DLQ_DETAIL,
+    H_DLQ_EXCEPTION,
+    H_DLQ_OFFSET,
+    H_DLQ_PARTITION,
+    H_DLQ_REASON,
+    H_DLQ_TOPIC,
+    H_MODEL,
+)
+from worker.messages import (
+    InputRef,
+    ModelRef,
+    Record,
+    Rejected,
+    Result,
+    Review,
+    Scores,
+    SocialPost,
+    created_at_ms,
+    rfc3339_ms,
+)
+
+# Kafka's default max.message.bytes is about 1 MiB; a dead letter must fit or it could never be published.
+DLQ_MAX_VALUE_BYTES = 900 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def event_ms(message: Review | SocialPost, record: Record, now_ms: int) -> int:
+    """When the message happened: its created_at, else the Kafka record's timestamp, else now."""
+    if message.created_at is not None:
+        return created_at_ms(message.created_at)
+    return record.timestamp_ms if record.timestamp_ms >= 0 else now_ms
+
+
+def source_of(message: Review | SocialPost) -> str:
+    return message.source if isinstance(message, Review) else message.platform
+
+
+def build_result(
+    message: Review | SocialPost, scores: Scores, model: ModelRef, record: Record, now_ms: int
+) -> Result:
+    return Result(
+        id=message.id,
+        kind=message.kind,
+        label=scores.label,
+        scores=scores,
+        model=model,
+        input=InputRef(topic=record.topic, partition=record.partition, offset=record.offset),
+        created_at=rfc3339_ms(event_ms(message, record, now_ms)),
+        processed_at=rfc3339_ms(now_ms),
+        source=message.source if isinstance(message, Review) else None,
+        platform=message.platform if isinstance(message, SocialPost) else None,
+        conversation_id=message.conversation_id if isinstance(message, SocialPost) else None,
+    )
+
+
+def result_record(result: Result, topic: str) -> OutRecord:
+    model = f"{result.model.name}@{result.model.version}".encode()
+    return OutRecord(topic, result.id.encode("utf-8"), result.to_json_bytes(), [(H_MODEL, model)])
+
+
+def tally(message: Review | SocialPost, scores: Scores, record: Record, now_ms: int) -> Tally:
+    return Tally(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        kind=message.kind,
+        source=source_of(message),
+        label=scores.label,
+        score=scores.score,
+        ts_ms=event_ms(message, record, now_ms),
+        conversation_id=message.conversation_id if isinstance(message, SocialPost) else None,
+    )
+
+
+def dead_letter(record: Record, rejected: Rejected, topic: str) -> OutRecord:
+    """The original key, value and headers, plus headers saying why and where from.
+
+    Kafka refuses a record with neither key nor value, so a keyless tombstone becomes an empty value.
+    """
+    value = record.value
+    detail = rejected.detail
+    if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+        value = value[:DLQ_MAX_VALUE_BYTES]
+        detail = f"{detail}; value truncated to its first {DLQ_MAX_VALUE_BYTES} bytes"
+    if value is None and record.key is None:
+        value = b""
+    headers = [
+        *record.headers,
+        (H_DLQ_REASON, rejected.reason.encode()),
+        (H_DLQ_DETAIL, detail.encode("utf-8", "replace")),
+        (H_DLQ_TOPIC, record.topic.encode("utf-8", "replace")),
+        (H_DLQ_PARTITION, str(record.partition).encode()),
+        (H_DLQ_OFFSET, str(record.offset).encode()),
+    ]
+    if rejected.exception:
+        headers.append((H_DLQ_EXCEPTION, rejected.exception.encode()))
+    return OutRecord(topic, record.key, value, headers)

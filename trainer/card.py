@@ -21,10 +21,12 @@ BASE_DESCRIPTIONS = {
 def license_notes(sources: list[str]) -> list[str]:
     """The 'License' section of a PROVENANCE.md next to each local data file, when there is one."""
     notes: list[str] = []
+    seen: set[Path] = set()
     for source in sources:
         provenance = Path(source).parent / "PROVENANCE.md"
-        if source.startswith("hf:") or not provenance.is_file():
+        if source.startswith("hf:") or not provenance.is_file() or provenance.resolve() in seen:
             continue
+        seen.add(provenance.resolve())
         lines = provenance.read_text(encoding="utf-8").splitlines()
         start = next((i for i, line in enumerate(lines) if line.startswith("## License")), None)
         if start is None:

@@ -315,7 +315,7 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     base_path = resolve_base_model(cfg.base_model)
     log.info("loading %s; its new classification head is reported as MISSING (newly initialised)", base_path)
     tokenizer, model = _load_base(cfg, base_path)
-    use_cache = model.config.use_cache
+    use_cache = getattr(model.config, "use_cache", None)  # not every config has it (MPNet)
     resolved: dict[str, Any] = {"base_model_path": base_path, "model_type": model.config.model_type}
     if not cfg.full:
         model, lora_info = _wrap_lora(cfg, model)
@@ -405,7 +405,8 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         model.save_pretrained(str(adapter_dir))
         model = model.merge_and_unload()
     model = model.to("cpu").float().eval()
-    model.config.use_cache = use_cache  # Trainer turns it off while training; keep the base's setting
+    if use_cache is not None:
+        model.config.use_cache = use_cache  # Trainer turns it off while training; keep the base's setting
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     shutil.rmtree(ckpt_dir, ignore_errors=True)

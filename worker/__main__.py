@@ -124,7 +124,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
     from kafka.errors import KafkaError
 
     from worker.batching import Limits
-    from worker.classifier import Classifier, ModelError
+    from worker.classifier import Classifier, ModelError, pick_device
     from worker.consume import KafkaSource
     from worker.loop import Loop, LoopConfig, fault_hook
     from worker.metrics import Metrics, serve
@@ -140,17 +140,17 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
         )
     store = _store(settings, _redis(settings))
     try:
+        device = pick_device(settings.device).type
         model = Classifier(
             settings.model_dir,
-            device=settings.device,
+            device=device,
             max_length=settings.max_length,
-            max_rows=settings.effective_batch_size(settings.device),
-            max_tokens=settings.effective_batch_tokens(settings.device),
+            max_rows=settings.effective_batch_size(device),
+            max_tokens=settings.effective_forward_tokens(device),
             threads=settings.effective_threads(),
         )
     except ModelError as exc:
         _fail(str(exc))
-    device = model.device.type
     metrics.model_loaded = True
     metrics.model_info.labels(model.model_ref.name, model.model_ref.version, device).set(1)
     batch_size = settings.effective_batch_size(device)

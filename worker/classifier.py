@@ -77,7 +77,11 @@ def pick_device(requested: str) -> torch.device:
 
 
 class Classifier:
-    """Tokenize with ``encode``; classify token ids with ``classify`` (length-sorted chunks, order kept)."""
+    """Tokenize with ``encode``; classify token ids with ``classify``.
+
+    classify sorts its texts by length and runs them in forward passes of at most max_rows rows and
+    max_tokens padded tokens (rows x longest row), then returns the scores in the order given.
+    """
 
     def __init__(
         self,
@@ -142,11 +146,8 @@ class Classifier:
         width = max(len(r) for r in rows)
         if self.device.type == "cuda":
             width = -(-width // 8) * 8  # tensor cores like multiples of 8
-        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
+        ids = torch.tensor([[*r, *[self._pad_id] * (width - len(r))] for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
         ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
         autocast = (
             torch.autocast(device_type="cuda", dtype=self._autocast_dtype)

@@ -39,7 +39,14 @@ class Settings(BaseSettings):
     batch_size: int | None = Field(default=None, ge=1, le=4096, description="default 32 on CPU, 128 on CUDA")
     max_wait_ms: int = Field(default=50, ge=0, le=60_000)
     max_length: int = Field(default=128, ge=8, le=512)
-    max_batch_tokens: int | None = Field(default=None, ge=8, description="default batch_size x max_length")
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=8,
+        description="a batch closes when its texts hold this many tokens (batch_size x max_length)",
+    )
+    max_forward_tokens: int | None = Field(
+        default=None, ge=8, description="padded tokens per forward pass (default 1024 on CPU, 16384 on CUDA)"
+    )
     max_message_bytes: int = Field(default=64 * 1024, ge=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(default=0, ge=0, le=256, description="0: min(4, CPU count)")
@@ -59,7 +66,7 @@ class Settings(BaseSettings):
     log_text: bool = False
 
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
@@ -137,8 +144,14 @@ class Settings(BaseSettings):
     def effective_batch_tokens(self, device: str) -> int:
         return self.max_batch_tokens or self.effective_batch_size(device) * self.max_length
 
+    def effective_forward_tokens(self, device: str) -> int:
+        # On CPU, cost grows with padded tokens and a pass has little fixed cost, so small length-sorted
+        # passes waste less padding (measured: 1.3-1.4x the throughput of one pass per batch of 32 tweets).
+        # On a GPU one pass per batch is as fast or faster.
+        return self.max_forward_tokens or (16384 if device == "cuda" else 1024)
+
     def effective_threads(self) -> int:
-        return self.torch_threads or min(4, os.cpu_count() or 1)
+        return self.torch_threads or min(4, len(os.sched_getaffinity(0)))
 
     def kafka_common(self) -> dict[str, Any]:
         """kafka-python connection and security arguments shared by the consumer and the producer."""

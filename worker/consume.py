@@ -9,6 +9,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import IllegalStateError
 
 from worker.messages import Record
 
@@ -132,7 +133,10 @@ class KafkaSource:
         """
         out: dict[tuple[str, int], int] = {}
         for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
+            try:
+                high = self.consumer.highwater(tp)
+            except IllegalStateError:  # revoked since assignment() was read
+                continue
             position = self._positions.get((tp.topic, tp.partition))
             if high is not None and position is not None:
                 out[(tp.topic, tp.partition)] = max(0, high - position)

@@ -59,7 +59,7 @@ def trained(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("models") / "minilm"
     result = cli(
         *train_args(data),
-        "--output", str(out), "--max-train-samples", "320", "--max-steps", "24", "--eval-steps", "12",
+        "--output", str(out), "--max-train-samples", "320", "--max-steps", "16", "--eval-steps", "8",
         "--threads", "2",
     )  # fmt: skip
     return out, last_json(result.stdout)
@@ -88,11 +88,11 @@ def test_export_layout(trained: tuple[Path, dict[str, Any]]) -> None:
     assert not [k for k in keys if "lora" in k or "modules_to_save" in k or "base_layer" in k]
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == summary["steps"] == 24
+    assert metrics["steps"] == summary["steps"] == 16
     assert metrics["validation"]["n"] == 200
     assert metrics["validation"]["macro_recall"] == summary["macro_recall"]
     args = json.loads((out / "training_args.json").read_text())
-    assert args["config"]["max_steps"] == 24 and args["resolved"]["train_rows"] == 320
+    assert args["config"]["max_steps"] == 16 and args["resolved"]["train_rows"] == 320
     assert args["resolved"]["modules_to_save"] == ["classifier", "pooler"]
     assert "macro recall" in (out / "README.md").read_text()
 

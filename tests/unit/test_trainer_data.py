@@ -176,3 +176,19 @@ def test_bad_rows(tmp_path: Path) -> None:
     other.write_text("x", encoding="utf-8")
     with pytest.raises(DataError, match=r"unsupported file type \.txt"):
         load_labelled(str(other))
+
+
+def test_validation_split_and_subset_are_stratified_and_disjoint(tmp_path: Path) -> None:
+    from trainer.train import TrainConfig, load_data
+
+    rows = [{"text": f"text {i}", "label": LABELS[i % 4 % 3]} for i in range(200)]  # 100 neg, 50 neu, 50 pos
+    path = str(write_jsonl(tmp_path / "train.jsonl", rows))
+    train, validation = load_data(TrainConfig(base_model="minilm", train=[path], output="o"))
+    assert (len(train), len(validation)) == (190, 10)
+    assert validation.counts()["negative"] == 5  # half of the rows, half of the held-out set
+    assert not set(train.texts) & set(validation.texts)
+    config = TrainConfig(base_model="minilm", train=[path, path], output="o", max_train_samples=40)
+    train, validation = load_data(config)
+    assert len(train) == 40 and train.counts()["negative"] == 20
+    with pytest.raises(DataError, match="too few training rows"):
+        load_data(TrainConfig(base_model="minilm", train=[path], output="o", validation_fraction=1.0))

@@ -30,6 +30,8 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert s.topic_kinds == {"reviews": "review", "social-posts": "social_post"}
     assert s.effective_batch_size("cpu") == 32 and s.effective_batch_size("cuda") == 128
     assert s.effective_batch_tokens("cpu") == 32 * 128
+    assert s.effective_forward_tokens("cpu") == 1024 and s.effective_forward_tokens("cuda") == 16384
+    assert 1 <= s.effective_threads() <= 4
     assert (s.max_wait_ms, s.max_message_bytes, s.metrics_port, s.bucket_seconds) == (50, 65536, 9100, 60)
     assert s.processing_guarantee == "at_least_once" and s.log_text is False
 
@@ -39,12 +41,15 @@ def test_values_from_the_environment(env: pytest.MonkeyPatch) -> None:
     env.setenv("SENTIMENT_TOPIC_KINDS", "a=review, b=social_post")
     env.setenv("SENTIMENT_BATCH_SIZE", "8")
     env.setenv("SENTIMENT_MAX_BATCH_TOKENS", "300")
+    env.setenv("SENTIMENT_MAX_FORWARD_TOKENS", "256")
+    env.setenv("SENTIMENT_TORCH_THREADS", "1")
     env.setenv("SENTIMENT_DEVICE", "cpu")
     env.setenv("SENTIMENT_LOG_TEXT", "true")
     s = Settings()
     assert s.input_topics == ["a", "b", "c"]
     assert s.topic_kinds == {"a": "review", "b": "social_post"}
     assert s.effective_batch_size("cuda") == 8 and s.effective_batch_tokens("cpu") == 300
+    assert s.effective_forward_tokens("cuda") == 256 and s.effective_threads() == 1
     assert s.device == "cpu" and s.log_text is True
 
 

@@ -181,7 +181,8 @@ def test_bad_rows(tmp_path: Path) -> None:
 def test_validation_split_and_subset_are_stratified_and_disjoint(tmp_path: Path) -> None:
     from trainer.train import TrainConfig, load_data
 
-    rows = [{"text": f"text {i}", "label": LABELS[i % 4 % 3]} for i in range(200)]  # 100 neg, 50 neu, 50 pos
+    # i % 4 % 3 cycles negative, neutral, positive, negative: 100 / 50 / 50 rows
+    rows: list[dict[str, object]] = [{"text": f"text {i}", "label": LABELS[i % 4 % 3]} for i in range(200)]
     path = str(write_jsonl(tmp_path / "train.jsonl", rows))
     train, validation = load_data(TrainConfig(base_model="minilm", train=[path], output="o"))
     assert (len(train), len(validation)) == (190, 10)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,7 @@ class PhaseResult:
     results: dict[Key, float] = field(default_factory=dict)
     produce_s: float = 0.0
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    loop: dict[str, float] = field(default_factory=dict)  # the worker's own batch metrics for this phase
 
     def summary(self) -> dict[str, Any]:
         latencies, missing = stats.match_latencies(self.produced, self.results)
@@ -76,11 +79,59 @@ class PhaseResult:
             "produce_s": self.produce_s,
             "load_avg_1m": self.load_avg[0],
             **stats.latency_summary(latencies),
+            **self.loop,
         }
 
 
 def load_avg() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_SAMPLES = (
+    "sentiment_batch_size_count",
+    "sentiment_batch_size_sum",
+    "sentiment_inference_seconds_sum",
+    "sentiment_batch_seconds_sum",
+)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The worker's batch counters from its /metrics page (empty if it cannot be read)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _SAMPLES:
+            out[name] = float(value)
+    return out
+
+
+def loop_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per phase: batches, mean records per batch, and per batch the classify time and the time from the end
+    of classify to the commit (building results, publish + flush, Redis, commit)."""
+    if not all(k in before and k in after for k in _SAMPLES):
+        return {}
+    d = {k: after[k] - before[k] for k in _SAMPLES}
+    n = d["sentiment_batch_size_count"]
+    if n <= 0:
+        return {}
+    inference = d["sentiment_inference_seconds_sum"]
+    return {
+        "batches": n,
+        "mean_batch": d["sentiment_batch_size_sum"] / n,
+        "inference_ms_per_batch": 1000 * inference / n,
+        "after_inference_ms_per_batch": 1000 * (d["sentiment_batch_seconds_sum"] - inference) / n,
+    }
 
 
 # --------------------------------------------------------------------------------------------- Kafka edges
@@ -239,6 +290,7 @@ def worker_env(
     max_length: int,
     threads: int,
     redis_prefix: str,
+    metrics_port: int = 0,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
@@ -256,7 +308,8 @@ def worker_env(
             "SENTIMENT_MAX_LENGTH": str(max_length),
             "SENTIMENT_TORCH_THREADS": str(threads),
             "SENTIMENT_DEVICE": "cpu",
-            "SENTIMENT_METRICS_PORT": "0",
+            "SENTIMENT_METRICS_PORT": str(metrics_port),
+            "SENTIMENT_METRICS_HOST": "127.0.0.1",
             "SENTIMENT_REDIS_PREFIX": redis_prefix,
             "SENTIMENT_LOG_LEVEL": "WARNING",
             "HF_HUB_OFFLINE": "1",
@@ -343,9 +396,16 @@ class Session:
     """
 
     def __init__(
-        self, *, bootstrap: str, topics: TopicSet, start: Callable[[], Consumer], min_rate: float
+        self,
+        *,
+        bootstrap: str,
+        topics: TopicSet,
+        start: Callable[[], Consumer],
+        min_rate: float,
+        metrics_url: str | None = None,
     ) -> None:
         self.topics = topics
+        self.metrics_url = metrics_url
         self.min_rate = min_rate
         self.collector = Collector(bootstrap, topics.output)
         self.collector.start()
@@ -373,6 +433,7 @@ class Session:
         """Send messages (paced at rate msg/s, else as fast as possible) and wait for every result."""
         time.sleep(0.5)  # let the consumer go idle, so phases do not overlap
         result = PhaseResult(name, len(messages), rate, load_avg=load_avg())
+        before = scrape(self.metrics_url) if self.metrics_url else {}
         result.produced, result.produce_s = produce(
             self.paced if rate else self.blast, self.topics, messages, rate
         )
@@ -381,6 +442,9 @@ class Session:
         expected_s = len(keys) / (rate or self.min_rate)
         wait_results(self.collector, keys, self.consumer, 60 + 3 * expected_s, f"{self.name} phase {name}")
         result.results = self.collector.snapshot(keys)
+        if self.metrics_url:
+            time.sleep(0.2)  # the commit (and so the metrics) lands just after the results
+            result.loop = loop_figures(before, scrape(self.metrics_url))
         return result
 
     def close(self) -> int | None:

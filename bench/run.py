@@ -302,6 +302,7 @@ def run(args: argparse.Namespace, argv: list[str], scratch: Path) -> int:
     checks: dict[str, Any] = {}
     try:
         wtopics = admin.topic_set("worker")
+        metrics_port = e2e.free_port()  # the worker's own batch figures, read between phases
         env = e2e.worker_env(
             bootstrap=bootstrap,
             redis_url=redis_url,
@@ -313,12 +314,14 @@ def run(args: argparse.Namespace, argv: list[str], scratch: Path) -> int:
             max_length=args.max_length,
             threads=args.threads,
             redis_prefix=prefix,
+            metrics_port=metrics_port,
         )
         worker = e2e.Session(
             bootstrap=bootstrap,
             topics=wtopics,
             start=lambda: e2e.start_worker(env, out / "worker.log", idle_s=600),
             min_rate=2.0,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         sessions.append(worker)
         baseline: e2e.Session | None = None
@@ -526,6 +529,25 @@ def report(r: dict[str, Any]) -> str:
                 for who, p in [("worker", x["worker"]) for x in r["rounds"]]
                 + [("baseline", x["baseline"]) for x in r["rounds"] if "baseline" in x]
                 + [("worker", p) for p in r["paced"]]
+            ],
+            digits=0,
+        ),
+        "",
+        "The worker's own figures per phase (from its /metrics): batches, mean records per batch, and per "
+        "batch the classify time and the time after it (build results, publish + flush, Redis, commit):",
+        "",
+        stats.md_table(
+            ["phase", "batches", "mean batch", "classify ms / batch", "after classify ms / batch"],
+            [
+                [
+                    p["phase"],
+                    p["batches"],
+                    fmt(p["mean_batch"]),
+                    p["inference_ms_per_batch"],
+                    p["after_inference_ms_per_batch"],
+                ]
+                for p in [x["worker"] for x in r["rounds"]] + r["paced"]
+                if "batches" in p
             ],
             digits=0,
         ),

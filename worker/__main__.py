@@ -118,15 +118,13 @@ def _schema(write: Path | None) -> None:
 
 
 def _run(settings: Settings, until_idle_s: float | None) -> int:
-    if settings.processing_guarantee == "exactly_once":
-        _fail("SENTIMENT_PROCESSING_GUARANTEE=exactly_once is not implemented yet; use at_least_once", 2)
     # Heavy imports (torch) only for the command that needs them.
     from kafka.errors import KafkaError
 
     from worker.batching import Limits
     from worker.classifier import Classifier, ModelError, pick_device
     from worker.consume import KafkaSource
-    from worker.loop import Loop, LoopConfig, fault_hook
+    from worker.loop import FatalError, Loop, LoopConfig, fault_hook
     from worker.metrics import Metrics, serve
     from worker.publish import KafkaSink
 
@@ -155,12 +153,8 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
     metrics.model_info.labels(model.model_ref.name, model.model_ref.version, device).set(1)
     batch_size = settings.effective_batch_size(device)
     kafka_args = settings.kafka_common()
+    exactly_once = settings.processing_guarantee == "exactly_once"
     try:
-        sink = KafkaSink(
-            client_id=f"{settings.group_id}-producer",
-            connect_timeout_s=settings.connect_timeout_s,
-            kafka_args=kafka_args,
-        )
         source = KafkaSource(
             settings.input_topics,
             group_id=settings.group_id,
@@ -170,9 +164,24 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             max_message_bytes=settings.max_message_bytes,
             connect_timeout_s=settings.connect_timeout_s,
             kafka_args=kafka_args,
+            read_committed=exactly_once,
         )
+        sink = KafkaSink(
+            client_id=f"{settings.group_id}-producer",
+            connect_timeout_s=settings.connect_timeout_s,
+            kafka_args=kafka_args,
+            transactional_id=settings.effective_transactional_id() if exactly_once else None,
+            group_metadata=source.group_metadata if exactly_once else None,
+        )
+    except FatalError as exc:
+        _fail(str(exc))
     except KafkaError as exc:
-        _fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {type(exc).__name__}: {exc}")
+        from worker.security import kafka_hint
+
+        _fail(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {type(exc).__name__}: {exc}"
+            + kafka_hint(kafka_args)
+        )
     metrics.assigned = source.assigned
     loop = Loop(
         source,
@@ -192,6 +201,9 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             log_text=settings.log_text,
         ),
         metrics=metrics,
+        transactions=sink if exactly_once else None,
+        offsets=source,
+        watermarks=store.watermarks,
         hook=fault_hook(settings.fault_point, settings.fault_after_n) if settings.fault_point else _no_fault,
     )
 
@@ -209,12 +221,15 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             "group_id": settings.group_id,
             "batch_size": batch_size,
             "device": device,
+            "guarantee": settings.processing_guarantee,
             "model": model.model_ref.name,
             "version": model.model_ref.version,
         },
     )
     try:
         ok = loop.run(until_idle_s=until_idle_s)
+    except FatalError as exc:  # fenced by a newer instance, or a transaction that cannot be aborted
+        _fail(str(exc))
     finally:
         source.close()
         sink.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
@@ -22,6 +22,7 @@ class _Listener(ConsumerRebalanceListener):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._revoked: set[tuple[str, int]] = set()
+        self._assigned: set[tuple[str, int]] = set()
         self.assignments = 0
 
     def on_partitions_revoked(self, revoked: Any) -> None:
@@ -36,6 +37,7 @@ class _Listener(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Any) -> None:
         with self._lock:
             self.assignments += 1
+            self._assigned.update((tp.topic, tp.partition) for tp in assigned)
         log.info(
             "partitions assigned", extra={"partitions": sorted(f"{t.topic}:{t.partition}" for t in assigned)}
         )
@@ -43,6 +45,11 @@ class _Listener(ConsumerRebalanceListener):
     def take_revoked(self) -> set[tuple[str, int]]:
         with self._lock:
             out, self._revoked = self._revoked, set()
+        return out
+
+    def take_assigned(self) -> set[tuple[str, int]]:
+        with self._lock:
+            out, self._assigned = self._assigned, set()
         return out
 
 
@@ -64,6 +71,7 @@ class KafkaSource:
         max_message_bytes: int,
         connect_timeout_s: float,
         kafka_args: Mapping[str, Any],
+        read_committed: bool = False,
     ) -> None:
         self._listener = _Listener()
         self.consumer = KafkaConsumer(
@@ -78,6 +86,8 @@ class KafkaSource:
             max_partition_fetch_bytes=max(1024 * 1024, max_message_bytes + 64 * 1024),
             bootstrap_timeout_ms=int(connect_timeout_s * 1000),
             client_id=f"{group_id}-consumer",
+            # Exactly once: never read an upstream transaction's aborted or still open records.
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
             **kafka_args,
         )
         self.consumer.subscribe(topics=list(topics), listener=self._listener)
@@ -104,6 +114,28 @@ class KafkaSource:
 
     def take_revoked(self) -> set[tuple[str, int]]:
         return self._listener.take_revoked()
+
+    def take_assigned(self) -> set[tuple[str, int]]:
+        """Partitions assigned since the last call (the loop checks their Redis watermarks)."""
+        return self._listener.take_assigned()
+
+    def committed(self, partitions: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The group's committed offset of each partition that has one."""
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition in partitions:
+            offset = self.consumer.committed(TopicPartition(topic, partition))
+            if offset is not None and offset >= 0:
+                out[(topic, partition)] = offset
+        return out
+
+    def beginning(self, partitions: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The earliest offset still in Kafka per partition."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        return {(tp.topic, tp.partition): o for tp, o in self.consumer.beginning_offsets(tps).items()}
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata (generation, member id) for send_offsets_to_transaction."""
+        return self.consumer.group_metadata()
 
     @property
     def assignments(self) -> int:

@@ -21,7 +21,21 @@ polled while a batch is being classified, which costs nothing at these batch tim
 Rebalances: revoke callbacks run inside poll(). A batch may span several polls while it fills, so after each
 poll the records of revoked partitions are dropped from the batch being built (not committed; the new owner
 reads them again from the committed offset, and the Redis watermark keeps the counts exact). Between batches
-nothing is uncommitted, so a revoke there needs no action. On assignment nothing special happens.
+nothing is uncommitted, so a revoke there needs no action.
+
+Exactly once (with ``transactions``): each batch is one Kafka transaction: begin -> send results and dead
+letters -> flush -> Redis update (idempotent thanks to the watermark) -> send the consumed offsets to the
+transaction with the consumer's group metadata -> commit. Any failure aborts the transaction (read_committed
+consumers never see its records), seeks back and retries. Redis is written before the commit, so a crash
+between the two leaves Redis ahead of Kafka: the batch is redelivered, published again in a new transaction
+and skipped by the watermark, so both the output and the counts stay exact. An abort that fails, or a fenced
+producer, is fatal: the loop raises FatalError and the process exits (a supervisor restarts it).
+
+Redis data loss (both guarantees): after each new assignment the loop compares each partition's Redis
+watermark with Kafka's committed offset. A watermark behind the commit (Redis flushed or restored from an
+older snapshot) makes the loop seek that partition back to the watermark (the earliest offset when there is
+none) and re-count the records up to the committed offset without publishing them again: they were
+published (and committed) before, only Redis lost them.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +76,26 @@ class Sink(Protocol):
 
 class Counts(Protocol):
     def apply(self, tallies: Sequence[Tally], next_offsets: Mapping[tuple[str, int], int]) -> int: ...
+
+
+class Transactions(Protocol):
+    """The sink's transaction (exactly once). commit() also commits the consumed offsets inside it."""
+
+    def begin(self) -> None: ...
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Offsets(Protocol):
+    """What the Redis-loss check needs from the consumer."""
+
+    def take_assigned(self) -> set[tuple[str, int]]: ...
+    def committed(self, partitions: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+    def beginning(self, partitions: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+
+
+class FatalError(Exception):
+    """The producer cannot go on (fenced by a newer instance, or its transaction cannot be aborted)."""
 
 
 class Model(Protocol):
@@ -115,6 +149,35 @@ def _no_hook(point: str) -> None:
     pass
 
 
+def replay_plan(
+    committed: Mapping[tuple[str, int], int],
+    watermarks: Mapping[tuple[str, int], int],
+    beginning: Mapping[tuple[str, int], int],
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Partitions whose Redis watermark is behind Kafka's committed offset -> (seek to, replay until).
+
+    Seek to the watermark, or the earliest offset still in Kafka when there is no watermark or it is older
+    than that (those records are gone: their counts cannot come back). Records from there up to the
+    committed offset are counted again but not published again.
+    """
+    plan: dict[tuple[str, int], tuple[int, int]] = {}
+    for tp, done in committed.items():
+        mark = watermarks.get(tp)
+        if mark is not None and mark >= done:
+            continue
+        start = max(mark or 0, beginning.get(tp, 0))
+        if start < done:
+            plan[tp] = (start, done)
+    return plan
+
+
+def commit_offsets(
+    offsets: Mapping[tuple[str, int], int], replay_until: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """The offsets to commit: a partition still replaying below its committed offset must not move it back."""
+    return {tp: o for tp, o in offsets.items() if o > replay_until.get(tp, -1)}
+
+
 class Loop:
     def __init__(
         self,
@@ -125,6 +188,9 @@ class Loop:
         config: LoopConfig,
         *,
         metrics: Metrics | None = None,
+        transactions: Transactions | None = None,
+        offsets: Offsets | None = None,
+        watermarks: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         hook: Callable[[str], None] = _no_hook,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -132,6 +198,11 @@ class Loop:
     ) -> None:
         self.source, self.sink, self.counts, self.model, self.config = source, sink, counts, model, config
         self.metrics = metrics or Metrics()
+        self.transactions = transactions  # None: at least once
+        self.offsets, self.watermarks = offsets, watermarks  # both given: the Redis-loss check runs
+        self.replay_until: dict[tuple[str, int], int] = {}  # partition -> committed offset while replaying
+        self._unchecked: set[tuple[str, int]] = set()  # assigned, Redis watermark not compared yet
+        self._in_transaction = False
         self.hook, self.clock, self.wall_ms, self.sleep = hook, clock, wall_ms, sleep
         self.stop_requested = False
         self.processed = 0  # records committed (results + dead letters)
@@ -156,8 +227,15 @@ class Loop:
             )
             records = self.source.poll(math.ceil(timeout_s * 1000), limits.max_records - len(items))
             revoked = self.source.take_revoked()
-            if revoked and items:
-                items = [i for i in items if i.position[:2] not in revoked]
+            for tp in revoked:
+                self.replay_until.pop(tp, None)
+                self._unchecked.discard(tp)
+            # Partitions sought back for a Redis replay drop what was read ahead of the seek.
+            dropped = revoked | self._check_assigned(records)
+            if dropped:
+                records = [r for r in records if (r.topic, r.partition) not in dropped]
+            if dropped and items:
+                items = [i for i in items if i.position[:2] not in dropped]
                 tokens = sum(len(i.ids or ()) for i in items)
                 if not items:
                     started = None
@@ -177,6 +255,50 @@ class Loop:
                 or wait_left_s(started, self.clock(), limits) <= 0
             ):
                 return items
+
+    def _check_assigned(self, records: Sequence[Record]) -> set[tuple[str, int]]:
+        """Seek newly assigned partitions whose Redis watermark is behind the commit.
+
+        Returns the partitions whose records read so far must be dropped: those sought back, and those whose
+        check failed (Kafka or Redis unreachable; sought back to their first record read and checked again
+        at the next poll, so no record is counted before its partition was checked).
+        """
+        if self.offsets is None or self.watermarks is None:
+            return set()
+        self._unchecked |= self.offsets.take_assigned()
+        if not self._unchecked:
+            return set()
+        pending = set(self._unchecked)
+        try:
+            committed = self.offsets.committed(pending)
+            marks = self.watermarks()
+            behind = [tp for tp, o in committed.items() if marks.get(tp, -1) < o]
+            plan = replay_plan(committed, marks, self.offsets.beginning(behind)) if behind else {}
+            if plan:
+                self.source.seek({tp: start for tp, (start, _) in plan.items()})
+        except Exception as exc:
+            log.warning("Redis replay check failed; retrying", extra={"error": type(exc).__name__})
+            back = first_offsets(
+                (r.topic, r.partition, r.offset) for r in records if (r.topic, r.partition) in pending
+            )
+            if back:
+                self.source.seek(back)
+            return pending
+        self._unchecked.clear()
+        for (topic, partition), (start, until) in sorted(plan.items()):
+            self.replay_until[(topic, partition)] = until
+            self.metrics.redis_replays.labels(topic, str(partition)).inc()
+            log.warning(
+                "Redis watermark behind the committed offset; re-counting without publishing",
+                extra={
+                    "topic": topic,
+                    "partition": partition,
+                    "watermark": marks.get((topic, partition)),
+                    "from": start,
+                    "committed": until,
+                },
+            )
+        return set(plan)
 
     def _prepare(self, records: Sequence[Record]) -> list[Item]:
         decoded = [
@@ -204,27 +326,50 @@ class Loop:
         out: list[OutRecord] = []
         tallies: list[Tally] = []
         for item in items:
+            # Below a replaying partition's committed offset the outputs exist already: only count again.
+            publish = item.record.offset >= self.replay_until.get(item.position[:2], -1)
             if isinstance(item.decoded, Rejected):
-                out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic))
+                if publish:
+                    out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic))
                 continue
             s = next(scores)
             result = build_result(item.decoded, s, self.model.model_ref, item.record, now_ms)
-            out.append(result_record(result, self.config.output_topic))
+            if publish:
+                out.append(result_record(result, self.config.output_topic))
             tallies.append(tally(item.decoded, s, item.record, now_ms))
             if self.config.log_text and log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "classified", extra={"id": result.id, "label": result.label, "text": item.decoded.text}
                 )
 
-        self.sink.publish(out)
-        self.hook("after_publish")
         offsets = next_offsets(i.position for i in items)
+        to_commit = commit_offsets(offsets, self.replay_until)
+        # A batch wholly inside a replay window publishes nothing and commits nothing: no transaction.
+        transaction = self.transactions if out else None
+        if transaction is not None:
+            transaction.begin()
+            self._in_transaction = True
+        if out:
+            self.sink.publish(out)
+        self.hook("after_publish")
         self.counts.apply(tallies, offsets)
         self.hook("after_redis")
-        self.source.commit(offsets)
+        if transaction is not None:
+            transaction.commit(to_commit)
+            self._in_transaction = False
+        elif to_commit and self.transactions is None:
+            self.source.commit(to_commit)
         self.hook("after_commit")
+        replaying = dict(self.replay_until)
+        for tp, o in offsets.items():
+            if o >= self.replay_until.get(tp, o + 1):
+                del self.replay_until[tp]
+                log.info("Redis replay done", extra={"topic": tp[0], "partition": tp[1], "offset": o})
 
         self.processed += len(items)
+        if replaying:  # re-counted records were not published again: keep them out of the output metrics
+            items = [i for i in items if i.record.offset >= replaying.get(i.position[:2], -1)]
+            tallies = [t for t in tallies if t.offset >= replaying.get((t.topic, t.partition), -1)]
         self._observe(items, tallies, inference_s, self.clock() - started, now_ms)
 
     def _observe(
@@ -265,6 +410,8 @@ class Loop:
                 try:
                     self.process(items)
                     failures = 0
+                except FatalError:
+                    raise
                 except Exception as exc:
                     failures += 1
                     self._recover(items, exc, failures)
@@ -293,6 +440,16 @@ class Loop:
             "batch failed; nothing committed, retrying",
             extra={"error": error, "detail": str(exc)[:300], "records": len(items), "retry_in_s": delay},
         )
+        if self._in_transaction and self.transactions is not None:
+            self._in_transaction = False
+            try:
+                self.transactions.abort()
+            except Exception as abort_exc:  # the producer is in a fatal state: only a restart helps
+                raise FatalError(
+                    f"cannot abort the Kafka transaction ({type(abort_exc).__name__}: {abort_exc}) "
+                    f"after {error}: {exc}"
+                ) from abort_exc
+            self.metrics.transaction_aborts.inc()
         try:
             self.source.seek(first_offsets(i.position for i in items))
         except Exception as seek_exc:  # the partitions may be gone; the next owner starts at the commit

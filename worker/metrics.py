@@ -31,6 +31,15 @@ class Metrics:
             ["error"],
             registry=r,
         )
+        self.redis_replays = Counter(
+            "sentiment_redis_replays",
+            "Partitions re-counted because the Redis watermark was behind the committed offset",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.transaction_aborts = Counter(
+            "sentiment_transaction_aborts", "Kafka transactions aborted (exactly once)", registry=r
+        )
         self.batch_size = Histogram(
             "sentiment_batch_size", "Records per batch", buckets=_SIZE_BUCKETS, registry=r
         )

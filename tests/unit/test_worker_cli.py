@@ -65,12 +65,6 @@ def test_bad_settings_exit_2_with_one_line() -> None:
     assert "SENTIMENT_BUCKET_SECONDS" in line and "SENTIMENT_DEVICE" in line
 
 
-def test_exactly_once_is_refused_clearly() -> None:
-    out = cli("run", SENTIMENT_PROCESSING_GUARANTEE="exactly_once")
-    assert out.returncode == 2
-    assert "not implemented yet" in one_line(out.stderr)
-
-
 def test_unreachable_redis_is_one_line_and_exit_1() -> None:
     port = closed_port()
     out = cli(

@@ -1,0 +1,370 @@
+"""The fault scenarios F1-F20. Each one gets a fresh Case (own topics, group, Redis prefix), drives traffic
+and faults, and returns an Outcome built from the verifier's Verdict plus its own checks."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, OffsetSpec
+
+from tests.faults.harness import BATCH_SIZE, MAX_BYTES, Case
+from tests.faults.traffic import Traffic, good_messages, poison_messages, produce
+from tests.faults.verify import Verdict
+from worker.loop import FAULT_POINTS
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict | None
+    recovery_s: float | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+Scenario = Callable[[Case], Outcome]
+
+
+def _good(case: Case, n: int, seed: int = 1) -> Traffic:
+    return good_messages(case.reviews, case.posts, n, tag=f"{case.tag}-s{seed}", seed=seed)
+
+
+def _poison(case: Case) -> Traffic:
+    return poison_messages(case.reviews, case.posts, tag=case.tag, max_bytes=MAX_BYTES)
+
+
+def _drain(case: Case, timeout: float = 120) -> float:
+    """Start a long-running worker, wait until it has committed everything, stop it with SIGTERM."""
+    w = case.start()
+    took = case.wait_caught_up(timeout)
+    w.wait_ready()
+    w.signal(signal.SIGTERM)
+    rc = w.wait(60)
+    if rc != 0:
+        raise AssertionError(f"worker exited {rc} after SIGTERM")
+    return took
+
+
+def _wait_progress(case: Case, below: int, timeout: float = 90) -> None:
+    """Wait until the group's lag is below `below` (the worker is mid-stream)."""
+    deadline = time.monotonic() + timeout
+    while case.lag() >= max(1, below):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker made no progress")
+        time.sleep(0.2)
+
+
+def _reset_to_earliest(case: Case) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=case.stack.bootstrap)
+    try:
+        specs = {
+            TopicPartition(t, p): OffsetSpec.EARLIEST for t in case.inputs for p in range(case.partitions)
+        }
+        errors = {tp: r["error"] for tp, r in admin.reset_group_offsets(case.group, specs).items()}
+        bad = {tp: e for tp, e in errors.items() if e is not None and getattr(e, "errno", 0) != 0}
+        if bad:
+            raise RuntimeError(f"offset reset failed: {bad}")
+    finally:
+        admin.close()
+
+
+# ------------------------------------------------------------------------------------------- scenarios
+
+
+def f1_baseline(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 400))
+    case.produce(_poison(case))
+    case.run_until_idle()
+    return Outcome(case.verify(max_duplicates=0))
+
+
+def f2_kill_random(case: Case) -> Outcome:
+    rng = random.Random(2)
+    case.create_topics()
+    case.produce(_good(case, 6000))
+    kills = 0
+    lag_at_kill = []
+    for i in range(5):
+        w = case.start()
+        if i == 0:
+            time.sleep(rng.uniform(0.5, 3))  # while still loading the model
+        else:
+            _wait_progress(case, case.lag() - BATCH_SIZE)
+            time.sleep(rng.uniform(0, 0.5))  # mid-stream, at a random point of a batch
+        w.kill()
+        kills += 1
+        lag_at_kill.append(case.lag())
+    recovery = _drain(case)
+    return Outcome(
+        case.verify(max_duplicates=kills * BATCH_SIZE),
+        recovery,
+        notes={"kills": kills, "lag_at_kill": lag_at_kill},
+    )
+
+
+def f3_kill_at_each_point(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 1200))
+    case.produce(_poison(case))
+    problems = []
+    for point in FAULT_POINTS:
+        w = case.start(SENTIMENT_FAULT_POINT=point, SENTIMENT_FAULT_AFTER_N="2")
+        rc = w.wait(120)
+        if rc != -signal.SIGKILL:
+            problems.append(f"{point}: worker exited {rc}, expected SIGKILL by the fault hook")
+    recovery = _drain(case)
+    return Outcome(case.verify(max_duplicates=len(FAULT_POINTS) * BATCH_SIZE), recovery, problems)
+
+
+def f4_sigterm_under_load(case: Case) -> Outcome:
+    case.create_topics()
+    first = _good(case, 600, seed=1)
+    case.produce(first)
+    later = [_good(case, 200, seed=s) for s in range(2, 7)]
+
+    def feed() -> None:
+        for t in later:
+            produce(case.stack.bootstrap, t.records)
+            time.sleep(1)
+
+    for t in later:
+        case.truth.extend(t)
+    feeder = threading.Thread(target=feed)
+    w = case.start()
+    _wait_progress(case, 600)
+    feeder.start()
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    rc = w.wait(60)
+    drain_s = time.monotonic() - t0
+    feeder.join()
+    problems = [] if rc == 0 else [f"worker exited {rc} after SIGTERM, expected 0"]
+    if drain_s > 30:
+        problems.append(f"SIGTERM drain took {drain_s:.1f}s")
+    _drain(case)
+    return Outcome(case.verify(max_duplicates=0), drain_s, problems, {"drain_s": round(drain_s, 2)})
+
+
+def f5_broker_kill(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 3000))
+    w = case.start()
+    _wait_progress(case, 2700)
+    case.stack.kill("kafka")
+    time.sleep(2)
+    case.stack.restart_kafka()
+    recovery = case.wait_caught_up(180)
+    w.signal(signal.SIGTERM)
+    rc = w.wait(60)
+    problems = [] if rc == 0 else [f"worker exited {rc}"]
+    failed = case.failed_batches()
+    v = case.verify(max_duplicates=(1 + failed) * BATCH_SIZE)
+    return Outcome(v, recovery, problems, {"failed_batches": failed})
+
+
+def f6_broker_paused(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 3000))
+    w = case.start()
+    _wait_progress(case, 2700)
+    case.stack.signal("kafka", signal.SIGSTOP)
+    try:
+        time.sleep(20)
+    finally:
+        case.stack.signal("kafka", signal.SIGCONT)
+    recovery = case.wait_caught_up(180)
+    w.signal(signal.SIGTERM)
+    rc = w.wait(60)
+    problems = [] if rc == 0 else [f"worker exited {rc}"]
+    failed = case.failed_batches()
+    v = case.verify(max_duplicates=(1 + failed) * BATCH_SIZE)
+    return Outcome(v, recovery, problems, {"failed_batches": failed})
+
+
+def f7_broker_down_at_start(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 300))
+    problems = []
+    case.stack.kill("kafka")
+    try:
+        # a: the broker stays down longer than CONNECT_TIMEOUT_S -> one line, exit 1
+        t0 = time.monotonic()
+        w = case.start(SENTIMENT_CONNECT_TIMEOUT_S="3")
+        rc = w.wait(90)
+        if rc != 1:
+            problems.append(f"with the broker down the worker exited {rc}, expected 1")
+        gave_up_s = time.monotonic() - t0
+        # b: the broker comes back within CONNECT_TIMEOUT_S -> the worker starts normally
+        w = case.start(SENTIMENT_CONNECT_TIMEOUT_S="60")
+        time.sleep(5)
+    finally:
+        case.stack.restart_kafka()
+    recovery = case.wait_caught_up(120)
+    w.signal(signal.SIGTERM)
+    if w.wait(60) != 0:
+        problems.append("worker did not exit 0 on SIGTERM")
+    return Outcome(
+        case.verify(max_duplicates=0), recovery, problems, {"gave_up_after_s": round(gave_up_s, 1)}
+    )
+
+
+def f10_redis_down(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 2000))
+    w = case.start()
+    _wait_progress(case, 1800)
+    case.stack.kill("redis")
+    try:
+        time.sleep(20)
+    finally:
+        case.stack.restart_redis()
+    recovery = case.wait_caught_up(180)
+    w.signal(signal.SIGTERM)
+    rc = w.wait(60)
+    problems = [] if rc == 0 else [f"worker exited {rc}"]
+    # at least once: a batch that fails at the Redis step was already published, and every retry
+    # publishes it again, so the output repeats up to one batch per failed attempt
+    failed = case.failed_batches()
+    v = case.verify(max_duplicates=failed * BATCH_SIZE)
+    return Outcome(v, recovery, problems, {"failed_batches": failed})
+
+
+def f11_redis_data_loss(case: Case) -> Outcome:
+    """Redis loses everything between two worker runs: the next worker sees its watermarks behind Kafka's
+    committed offsets and re-counts the committed records without publishing them again."""
+    case.create_topics()
+    case.produce(_good(case, 300, seed=1))
+    case.produce(_poison(case))
+    case.run_until_idle()
+    case.stack.wipe_redis()
+    case.stack.restart_redis()
+    t0 = time.monotonic()
+    case.produce(_good(case, 300, seed=2))
+    w = case.run_until_idle()
+    replayed = w.log().count("re-counting without publishing")
+    problems = [] if replayed else ["the worker did not notice that Redis lost its watermarks"]
+    return Outcome(
+        case.verify(max_duplicates=0), time.monotonic() - t0, problems, {"replayed_partitions": replayed}
+    )
+
+
+def f12_poison(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_poison(case))
+    case.produce(_good(case, 100))
+    case.run_until_idle()
+    return Outcome(case.verify(max_duplicates=0), notes={"poison": len(case.truth.bad)})
+
+
+def f19_unsafe_model(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 20))
+    unsafe = case.work / f"{case.tag}-pickle-model"
+    shutil.rmtree(unsafe, ignore_errors=True)
+    shutil.copytree(case.model_dir, unsafe)
+    for f in unsafe.glob("*.safetensors"):
+        f.unlink()
+    canary = case.work / f"{case.tag}-unpickled"
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(canary), "w"))  # unpickling this creates the canary file
+
+    (unsafe / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Boom()}))
+    w = case.start(SENTIMENT_MODEL_DIR=str(unsafe))
+    rc = w.wait(120)
+    problems = []
+    if rc != 1:
+        problems.append(f"worker exited {rc} on a pickle-only model folder, expected 1")
+    if canary.exists():
+        problems.append("the pickle was loaded: its payload ran")
+    lines = [x for x in w.log().splitlines() if x.strip()]
+    if not lines or "safetensors" not in lines[-1]:
+        problems.append(f"last log line does not name safetensors: {lines[-1:]!r}")
+    if case.lag() != 20:
+        problems.append("records were consumed with an unusable model")
+    return Outcome(None, problems=problems, notes={"exit": rc})
+
+
+def f20_reset_to_earliest(case: Case) -> Outcome:
+    case.create_topics()
+    case.produce(_good(case, 300))
+    case.produce(_poison(case))
+    case.run_until_idle()
+    first = case.verify(max_duplicates=0)
+    t0 = time.monotonic()
+    _reset_to_earliest(case)
+    case.run_until_idle()
+    total = len(case.truth.good) + len(case.truth.bad)
+    v = case.verify(max_duplicates=total)
+    problems = [] if first.passed else [f"before the reset: {p}" for p in first.problems]
+    if v.duplicates != total:
+        problems.append(f"a replay of {total} records produced {v.duplicates} extra copies")
+    return Outcome(v, time.monotonic() - t0, problems)
+
+
+def f1_real_model(case: Case) -> Outcome:
+    return f1_baseline(case)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+TITLES = {
+    "F1": "baseline",
+    "F1r": "baseline, real model",
+    "F2": "kill -9 worker at random x5",
+    "F3": "kill at each commit point",
+    "F4": "SIGTERM drain under load",
+    "F5": "broker kill -9 + restart",
+    "F6": "broker SIGSTOP 20 s",
+    "F7": "broker down at worker start",
+    "F8": "rebalance: 2nd worker joins/leaves",
+    "F9": "batch slower than max.poll.interval",
+    "F10": "Redis down 20 s",
+    "F11": "Redis restart with data loss",
+    "F12": "poison records",
+    "F13": "oversized input and output",
+    "F14": "output topic missing a while",
+    "F15": "slow network / backpressure",
+    "F16": "partition > session timeout",
+    "F17": "model OOM on a big batch",
+    "F18": "secret/text canaries not logged",
+    "F19": "unsafe (pickle) model folder",
+    "F20": "offsets reset to earliest",
+}
+
+SCENARIOS: dict[str, Scenario] = {
+    "F1": f1_baseline,
+    "F1r": f1_real_model,
+    "F2": f2_kill_random,
+    "F3": f3_kill_at_each_point,
+    "F4": f4_sigterm_under_load,
+    "F5": f5_broker_kill,
+    "F6": f6_broker_paused,
+    "F7": f7_broker_down_at_start,
+    "F10": f10_redis_down,
+    "F11": f11_redis_data_loss,
+    "F12": f12_poison,
+    "F19": f19_unsafe_model,
+    "F20": f20_reset_to_earliest,
+}
+
+FAST = ("F1", "F3", "F12", "F20")
+REAL_MODEL = {"F1r"}
+
+
+def real_model_dir() -> Path:
+    from tests.faults.stack import ROOT
+
+    return ROOT / "models" / "minilm-tweeteval"

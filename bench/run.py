@@ -10,7 +10,7 @@ throughput_vs_batch.png and latency_vs_load.png to --out (default bench/out). Or
    has it) at the worker's batch size, with their validation macro recall on tweeteval_sentiment/validation;
 2. the worker (``python -m worker run``) and the baseline consumer (bench/baseline.py) start on their own
    fresh topics and answer warm-up messages;
-3. rounds, each one back to back: pure inference at the worker's batch size, the worker on N messages sent
+3. rounds (5), each one back to back: pure inference at the worker's batch size, the worker on N messages sent
    as fast as the producer goes, the baseline on the first messages of the same traffic. The machine is
    shared and its load changes by the minute, so each ratio is taken within a round and the median over
    rounds is reported;
@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets", help="shared datasets folder (default: $SENTIMENT_DATASETS, ../shared/datasets)"
     )
     p.add_argument("--out", type=Path, default=OUT_DEFAULT, help="output folder (default: bench/out)")
-    p.add_argument("--rounds", type=_positive, help="interleaved rounds (default 3; quick 1)")
-    p.add_argument("--n", type=_positive, help="worker messages per round (default 1000; quick 100)")
-    p.add_argument("--baseline-n", type=_positive, help="baseline messages per round (default 150; quick 20)")
+    p.add_argument("--rounds", type=_positive, help="interleaved rounds (default 5; quick 1)")
+    p.add_argument("--n", type=_positive, help="worker messages per round (default 600; quick 100)")
+    p.add_argument("--baseline-n", type=_positive, help="baseline messages per round (default 100; quick 20)")
     p.add_argument(
         "--batch-size", type=_positive, default=32, help="worker SENTIMENT_BATCH_SIZE (default 32)"
     )
@@ -250,9 +250,9 @@ def cpu_variants(
 
 def run(args: argparse.Namespace, argv: list[str], scratch: Path) -> int:
     quick = args.quick
-    rounds = args.rounds or (1 if quick else 3)
-    n = args.n or (100 if quick else 1000)
-    baseline_n = min(n, args.baseline_n or (20 if quick else 150))
+    rounds = args.rounds or (1 if quick else 5)
+    n = args.n or (100 if quick else 600)
+    baseline_n = min(n, args.baseline_n or (20 if quick else 100))
     b = args.batch_size
     batch_sizes = sorted({*(args.batch_sizes or ([1, 8, 32] if quick else [1, 4, 8, 16, 32, 64])), b})
     loads = sorted({*(args.loads or ([0.5] if quick else [0.25, 0.5, 0.75])), 0.5})
@@ -505,6 +505,7 @@ def report(r: dict[str, Any]) -> str:
                 "baseline",
                 "worker / model",
                 "worker / baseline",
+                "load avg (1 min)",
             ],
             [
                 [
@@ -514,6 +515,7 @@ def report(r: dict[str, Any]) -> str:
                     x["baseline"]["msg_s"] if "baseline" in x else "-",
                     fmt(x["e2e_vs_model"], 2),
                     fmt(x["e2e_vs_baseline"], 2) if "e2e_vs_baseline" in x else "-",
+                    fmt(x["worker"]["load_avg_1m"], 2),
                 ]
                 for x in r["rounds"]
             ],

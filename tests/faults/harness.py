@@ -21,6 +21,8 @@ from tests.faults.stack import ROOT, Stack
 from tests.faults.traffic import Traffic, produce
 from tests.faults.verify import Verdict, judge, lag, observe
 
+# The worker under test: this checkout, or another one (to try a fix or bisect) named by FAULTS_WORKER_ROOT.
+WORKER_ROOT = Path(os.environ.get("FAULTS_WORKER_ROOT", ROOT)).resolve()
 MAX_BYTES = 16384
 BATCH_SIZE = 16
 
@@ -105,7 +107,7 @@ class Case:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
         env.update(
-            PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            PYTHONPATH=str(WORKER_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
             HF_HUB_OFFLINE="1",
             SENTIMENT_KAFKA_BOOTSTRAP_SERVERS=self.stack.bootstrap,
             SENTIMENT_REDIS_URL=self.stack.redis_url(),
@@ -136,7 +138,7 @@ class Case:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", *args],
             env=self.env(**extra),
-            cwd=ROOT,
+            cwd=WORKER_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=log_file,
         )

@@ -3,21 +3,23 @@ and faults, and returns an Outcome built from the verifier's Verdict plus its ow
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 
-from tests.faults.harness import BATCH_SIZE, MAX_BYTES, Case
+from tests.faults.harness import BATCH_SIZE, MAX_BYTES, Case, Worker
 from tests.faults.traffic import Traffic, good_messages, poison_messages, produce
 from tests.faults.verify import Verdict
 from worker.loop import FAULT_POINTS
@@ -77,6 +79,21 @@ def _reset_to_earliest(case: Case) -> None:
         admin.close()
 
 
+def _feeder(case: Case, *, chunks: int, size: int, interval_s: float, first_seed: int) -> threading.Thread:
+    """A thread that produces `chunks` batches of fresh messages, one every interval_s (steady traffic).
+    The messages join the ground truth now, so a scenario that fails mid-way still counts them as expected."""
+    batches = [_good(case, size, seed=first_seed + k) for k in range(chunks)]
+    for t in batches:
+        case.truth.extend(t)
+
+    def feed() -> None:
+        for t in batches:
+            produce(case.stack.bootstrap, t.records)
+            time.sleep(interval_s)
+
+    return threading.Thread(target=feed, daemon=True)
+
+
 # ------------------------------------------------------------------------------------------- scenarios
 
 
@@ -130,16 +147,7 @@ def f4_sigterm_under_load(case: Case) -> Outcome:
     case.create_topics()
     first = _good(case, 600, seed=1)
     case.produce(first)
-    later = [_good(case, 200, seed=s) for s in range(2, 7)]
-
-    def feed() -> None:
-        for t in later:
-            produce(case.stack.bootstrap, t.records)
-            time.sleep(1)
-
-    for t in later:
-        case.truth.extend(t)
-    feeder = threading.Thread(target=feed)
+    feeder = _feeder(case, chunks=5, size=200, interval_s=1, first_seed=2)
     w = case.start()
     _wait_progress(case, 600)
     feeder.start()
@@ -219,6 +227,44 @@ def f7_broker_down_at_start(case: Case) -> Outcome:
     )
 
 
+def f8_rebalances(case: Case) -> Outcome:
+    """Under steady traffic a second worker joins and leaves (SIGTERM), a third joins and is killed (-9)."""
+    case.partitions = 4
+    case.create_topics()
+    feeder = _feeder(case, chunks=60, size=150, interval_s=0.4, first_seed=10)
+
+    def member(n: int) -> Worker:
+        # exactly once: two instances on one host need distinct transactional ids
+        return case.start(SENTIMENT_TRANSACTIONAL_ID=f"{case.group}-{n}")
+
+    a = member(0)
+    a.wait_ready()
+    feeder.start()
+    b = member(1)
+    b.wait_ready()
+    time.sleep(2)
+    b.signal(signal.SIGTERM)
+    problems = [] if b.wait(60) == 0 else ["the leaving worker did not exit 0 on SIGTERM"]
+    c = member(2)
+    c.wait_ready()
+    time.sleep(2)
+    c.kill()
+    lag_at_kill = case.lag()
+    t0 = time.monotonic()
+    feeder.join()
+    case.wait_caught_up(180)
+    recovery = time.monotonic() - t0
+    a.signal(signal.SIGTERM)
+    if a.wait(60) != 0:
+        problems.append("the first worker did not exit 0 on SIGTERM")
+    if not lag_at_kill:
+        problems.append("traffic ran dry before the kill: the scenario tested less than it should")
+    assigned = sum(w.log().count('"partitions assigned"') for w in case.workers)
+    failed = case.failed_batches()
+    v = case.verify(max_duplicates=(1 + failed) * BATCH_SIZE)
+    return Outcome(v, recovery, problems, {"assignments": assigned, "failed_batches": failed})
+
+
 def f10_redis_down(case: Case) -> Outcome:
     case.create_topics()
     case.produce(_good(case, 2000))
@@ -265,6 +311,84 @@ def f12_poison(case: Case) -> Outcome:
     case.produce(_good(case, 100))
     case.run_until_idle()
     return Outcome(case.verify(max_duplicates=0), notes={"poison": len(case.truth.bad)})
+
+
+def f18_canaries(case: Case) -> Outcome:
+    """Secrets (in the Redis URL, a password setting) and message texts never reach the logs, even at DEBUG,
+    nor the dead-letter headers: in a normal run, with Redis unreachable, and with a bad setting."""
+    secret_url, secret_ssl, secret_redis = (f"SECRET{uuid.uuid4().hex}" for _ in range(3))
+    text_canary = f"TEXTCANARY{uuid.uuid4().hex}"
+    case.create_topics()
+    good = _good(case, 60)
+    for k, (topic, key, value) in enumerate(good.records):  # every text carries the canary
+        msg = json.loads(value or b"{}")
+        msg["text"] = f"{msg['text']} {text_canary}" if k % 2 else f"{text_canary} {msg['text']}"
+        good.records[k] = (topic, key, json.dumps(msg).encode())
+    case.produce(good)
+    bad = Traffic()
+    for j, value in enumerate(
+        [
+            f'{{"id": "x", "text": "{text_canary}'.encode(),  # invalid JSON
+            json.dumps({"id": text_canary, "text": 5, "platform": "x"}).encode(),  # invalid fields
+            json.dumps({"id": "x", "text": text_canary, "kind": text_canary}).encode(),  # unknown kind
+            json.dumps({"id": "x", "text": text_canary * 500, "platform": "x"}).encode(),  # oversize
+            text_canary.encode() + b"\xff",  # not UTF-8
+        ]
+    ):
+        key = f"{case.tag}-canary-bad{j}"
+        bad.bad[key] = ""
+        bad.records.append((case.posts, key.encode(), value))
+    case.produce(bad)
+    port = case.stack.redis_port
+    case.run_until_idle(
+        SENTIMENT_LOG_LEVEL="DEBUG",
+        SENTIMENT_REDIS_URL=f"redis://default:{secret_url}@127.0.0.1:{port}/0",
+        SENTIMENT_KAFKA_SSL_PASSWORD=secret_ssl,
+    )
+    unreachable = case.start(
+        "--until-idle",
+        "1",
+        SENTIMENT_LOG_LEVEL="DEBUG",
+        SENTIMENT_REDIS_URL=f"redis://default:{secret_url}@127.0.0.1:1/0",
+        SENTIMENT_CONNECT_TIMEOUT_S="2",
+    )
+    bad_setting = case.start(SENTIMENT_REDIS_PASSWORD=secret_redis, SENTIMENT_BATCH_SIZE="zero")
+    problems = []
+    if (rc := unreachable.wait(120)) != 1:
+        problems.append(f"with Redis unreachable the worker exited {rc}, expected 1")
+    if (rc := bad_setting.wait(120)) != 2:
+        problems.append(f"with a bad setting the worker exited {rc}, expected 2")
+    logs = "\n".join(w.log() for w in case.workers)
+    for name, canary in (("Redis URL password", secret_url), ("SSL password", secret_ssl)):
+        if canary in logs:
+            problems.append(f"the {name} appears in the logs")
+    if secret_redis in logs:
+        problems.append("the Redis password appears in the logs")
+    if text_canary in logs:
+        problems.append("message text appears in the logs")
+    leaked = [h for h in dlq_headers(case) if text_canary.encode() in h]
+    if leaked:
+        problems.append(f"message text appears in {len(leaked)} dead-letter header values")
+    if '"level": "DEBUG"' not in logs:
+        problems.append("no DEBUG line was logged: the check proves little")
+    return Outcome(case.verify(max_duplicates=0), problems=problems, notes={"log_bytes": len(logs)})
+
+
+def dlq_headers(case: Case) -> list[bytes]:
+    consumer = KafkaConsumer(bootstrap_servers=case.stack.bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(case.dlq, p) for p in range(case.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                values.extend(v for r in batch for _, v in r.headers)
+        return values
+    finally:
+        consumer.close()
 
 
 def f19_unsafe_model(case: Case) -> Outcome:
@@ -353,9 +477,11 @@ SCENARIOS: dict[str, Scenario] = {
     "F5": f5_broker_kill,
     "F6": f6_broker_paused,
     "F7": f7_broker_down_at_start,
+    "F8": f8_rebalances,
     "F10": f10_redis_down,
     "F11": f11_redis_data_loss,
     "F12": f12_poison,
+    "F18": f18_canaries,
     "F19": f19_unsafe_model,
     "F20": f20_reset_to_earliest,
 }

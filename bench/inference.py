@@ -66,6 +66,7 @@ def measure(clf: Any, texts: Sequence[str], batch: int, *, min_seconds: float = 
     sync(clf)
     n = 0
     tokenize_s = 0.0
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     while True:
         for chunk in chunks:
@@ -78,12 +79,15 @@ def measure(clf: Any, texts: Sequence[str], batch: int, *, min_seconds: float = 
         if time.perf_counter() - t0 >= min_seconds:
             break
     elapsed = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0  # all threads of this process
     return {
         "batch": batch,
         "n": n,
         "msg_s": n / elapsed,
         "batch_ms": 1000 * elapsed * batch / n,
         "tokenize_share": tokenize_s / elapsed,
+        "cpu_s": cpu_s,
+        "msg_per_cpu_s": n / cpu_s if cpu_s > 0 else float("nan"),
     }
 
 

@@ -66,8 +66,8 @@ def latency_vs_load(
     if bound_ms:
         ax.axhline(bound_ms, color="red", linestyle=":", label="p99 target: max wait + 2 batches")
     ax.set_xlabel("offered load (% of full-speed throughput)")
-    ax.set_ylabel("latency, produce -> result (ms)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylabel("latency, produce -> result (ms, log scale)")
+    ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)

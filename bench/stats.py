@@ -102,6 +102,8 @@ def _row(name: str, value: float, target: float, op: str) -> dict[str, Any]:
 
 
 def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
     return str(value)

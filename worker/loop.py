@@ -230,6 +230,17 @@ class Loop:
             for tp in revoked:
                 self.replay_until.pop(tp, None)
                 self._unchecked.discard(tp)
+            if revoked:
+                # kafka-python keeps the read position of a partition that a rebalance revokes and hands
+                # straight back to this consumer, so the records dropped below must be read again: seek back
+                # to the first one. (A partition now owned elsewhere is skipped by seek; its new owner starts
+                # at the committed offset.) Before _check_assigned, whose replay seek must win.
+                back = first_offsets(
+                    [i.position for i in items if i.position[:2] in revoked]
+                    + [(r.topic, r.partition, r.offset) for r in records if (r.topic, r.partition) in revoked]
+                )
+                if back:
+                    self.source.seek(back)
             # Partitions sought back for a Redis replay drop what was read ahead of the seek.
             dropped = revoked | self._check_assigned(records)
             if dropped:

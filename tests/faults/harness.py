@@ -177,7 +177,7 @@ class Case:
         """Batches that failed and were retried, over all workers (each retry may republish the batch)."""
         return sum(w.log().count('"batch failed; nothing committed, retrying"') for w in self.workers)
 
-    def verify(self, *, max_duplicates: int = 0) -> Verdict:
+    def verify(self, *, max_duplicates: int = 0, replayed: int = 0) -> Verdict:
         seen = observe(
             self.stack.bootstrap,
             self.stack.redis_url(),
@@ -187,7 +187,9 @@ class Case:
             out=self.out,
             dlq=self.dlq,
         )
-        return judge(self.truth, seen, max_duplicates=max_duplicates, guarantee=self.guarantee)
+        return judge(
+            self.truth, seen, max_duplicates=max_duplicates, guarantee=self.guarantee, replayed=replayed
+        )
 
     def close(self) -> None:
         for w in self.workers:

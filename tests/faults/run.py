@@ -28,11 +28,18 @@ def tiny_model(work: Path) -> Path:
 
 
 def exactly_once_available(stack: Stack, work: Path, model: Path) -> bool:
-    """The worker refuses exactly_once with exit 2 until it is implemented."""
+    """Until it is implemented the worker refuses exactly_once at start with exit 2."""
     case = Case(stack, "probe", model, work, guarantee="exactly_once")
-    w = case.start("--until-idle", "1")
-    rc = w.wait(120)
-    return rc != 2
+    w = case.start()
+    try:
+        deadline = time.monotonic() + 120
+        while w.proc.poll() is None and '"worker started"' not in w.log():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the exactly_once probe neither started nor exited")
+            time.sleep(0.2)
+        return w.proc.returncode != 2
+    finally:
+        case.close()
 
 
 def run_one(name: str, stack: Stack, work: Path, model: Path, guarantee: str) -> Result:

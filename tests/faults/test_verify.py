@@ -89,3 +89,10 @@ def test_table_shows_every_scenario_and_its_problems() -> None:
     assert "F9" in lines[4] and NOT_IMPLEMENTED in lines[4] and "pass" not in lines[4]
     assert "4.2" in lines[3] and "NO" in lines[3]
     assert lines[-1] == "  F2: 3 lost"
+
+
+def test_an_operator_replay_is_allowed_under_both_guarantees() -> None:
+    replay = [*CLEAN_OUT, *CLEAN_OUT]
+    for guarantee in ("at_least_once", "exactly_once"):
+        v = judge(truth(), seen(replay, CLEAN_DLQ), max_duplicates=0, guarantee=guarantee, replayed=2)
+        assert v.passed and v.duplicates == 2

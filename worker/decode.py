@@ -50,13 +50,12 @@ def decode(
         if kind is None:
             return Rejected("missing_kind", f'no "kind" and topic {record.topic!r} maps to no kind')
         obj["kind"] = kind
+    if isinstance(obj.get("text"), str) and not obj["text"].strip():
+        return Rejected("empty_text", "text is empty or whitespace only")
     try:
-        message = MESSAGE_ADAPTER.validate_python(obj)
+        return MESSAGE_ADAPTER.validate_python(obj)
     except ValidationError as exc:
         return _rejected_for(exc)
-    if not message.text.strip():
-        return Rejected("empty_text", "text is whitespace only")
-    return message
 
 
 def _json_detail(exc: BaseException) -> str:

@@ -47,7 +47,7 @@ POST = {"kind": "social_post", "id": "p1", "text": "meh", "platform": "x", "conv
         (js({**REVIEW, "kind": "tweet"}), "reviews", "unknown_kind"),
         (js({**REVIEW, "kind": None}), "reviews", "unknown_kind"),
         (js({k: v for k, v in REVIEW.items() if k != "text"}), "reviews", "invalid_fields"),
-        (js({**REVIEW, "text": ""}), "reviews", "invalid_fields"),
+        (js({**REVIEW, "text": ""}), "reviews", "empty_text"),
         (js({**REVIEW, "text": None}), "reviews", "invalid_fields"),
         (js({**REVIEW, "text": ["a"]}), "reviews", "invalid_fields"),
         (js({**REVIEW, "id": 12}), "reviews", "invalid_fields"),

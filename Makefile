@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-unit lint stack-up stack-down train bench clean
+.PHONY: install demo test test-unit lint stack-up stack-down bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint:
 	$(BIN)/ruff check worker trainer tests bench
 	$(BIN)/ruff format --check worker trainer tests bench
 	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench
 
 stack-up:
 	scripts/stack up

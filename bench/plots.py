@@ -53,19 +53,16 @@ def throughput_vs_batch(
     plt.close(fig)
 
 
-def latency_vs_load(
-    path: Path, phases: Sequence[dict[str, Any]], *, full_msg_s: float, bound_ms: float | None, title: str
-) -> None:
-    """Phases with an offered rate, x = offered load in % of the full-speed throughput."""
+def latency_vs_load(path: Path, phases: Sequence[dict[str, Any]], *, title: str) -> None:
+    """Paced phases: x = offered load in % of the full-speed throughput measured just before each phase."""
     plt = _plt()
-    paced = sorted((p for p in phases if p.get("offered_msg_s")), key=lambda p: p["offered_msg_s"])
+    paced = sorted(phases, key=lambda p: p["load"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    x = [100 * p["offered_msg_s"] / full_msg_s for p in paced]
+    x = [100 * p["load"] for p in paced]
     for q, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
         ax.plot(x, [p[q] for p in paced], style, label=q.removesuffix("_ms"))
-    if bound_ms:
-        ax.axhline(bound_ms, color="red", linestyle=":", label="p99 target: max wait + 2 batches")
-    ax.set_xlabel("offered load (% of full-speed throughput)")
+    ax.plot(x, [p["bound_ms"] for p in paced], "r:", label="p99 target: max wait + 2 batches (at that time)")
+    ax.set_xlabel("offered load (% of the full-speed throughput just before)")
     ax.set_ylabel("latency, produce -> result (ms, log scale)")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)

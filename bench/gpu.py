@@ -28,33 +28,18 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from bench import inference, stats, traffic
+from bench.cli import ArgParser, int_list
 from bench.models import DEFAULT_MODEL, REPO
 
 TARGET_PIPELINE_MSG_S = 10_000
 TARGET_PIPELINE_VS_INFERENCE = 0.5
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     p.add_argument(
         "--model", help="model folder (default: $SENTIMENT_MODEL_DIR, else models/minilm-tweeteval)"
     )
@@ -64,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: $OUT, else bench/out)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu only to try the script out")
     p.add_argument("--n", type=int, default=60_000, help="messages through the pipeline per batch size")
-    p.add_argument("--ceiling-batches", type=_ints, default=[128, 512, 1024, 2048])
-    p.add_argument("--inference-batches", type=_ints, default=[128, 512, 1024])
-    p.add_argument("--pipeline-batches", type=_ints, default=[128, 512, 1024])
+    p.add_argument("--ceiling-batches", type=int_list, default=[128, 512, 1024, 2048])
+    p.add_argument("--inference-batches", type=int_list, default=[128, 512, 1024])
+    p.add_argument("--pipeline-batches", type=int_list, default=[128, 512, 1024])
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per inference figure")
     return p

@@ -34,30 +34,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from bench import e2e, inference, plots, stats, traffic
+from bench.cli import ArgParser, int_list
 from bench.models import REPO, choose_model
 from bench.reference import Reference
 
 OUT_DEFAULT = REPO / "bench" / "out"
 FRESH = "fresh head"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _fractions(text: str) -> list[float]:
@@ -81,7 +66,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes for CI: checks that everything runs")
     p.add_argument("--model", help="model folder (default: models/minilm-tweeteval, else MiniLM, fresh head)")
     p.add_argument(
@@ -97,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=int, default=50, help="worker SENTIMENT_MAX_WAIT_MS (default 50)")
     p.add_argument("--max-length", type=_positive, default=128)
     p.add_argument("--threads", type=_positive, default=2, help="torch threads for every model (default 2)")
-    p.add_argument("--batch-sizes", type=_ints, help="pure-inference batch sizes (default 1,4,8,16,32,64)")
+    p.add_argument("--batch-sizes", type=int_list, help="pure-inference batch sizes (default 1,4,8,16,32,64)")
     p.add_argument(
         "--loads", type=_fractions, help="paced loads, fractions of full speed (default .25,.5,.75)"
     )

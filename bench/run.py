@@ -184,14 +184,9 @@ def cpu_variants(
             torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         ):
             continue
-        other = inference.load(
-            model_dir, device="cpu", batch=b, max_length=args.max_length, threads=args.threads
+        others[name] = inference.load(
+            model_dir, device="cpu", batch=b, max_length=args.max_length, threads=args.threads, precision=name
         )
-        if name == "int8":
-            inference.quantize_int8(other)
-        else:
-            other.model = other.model.to(torch.bfloat16)
-        others[name] = other
     # Per variant and turn: (speed-up, the variant's figures, fp32's msg/s in the same turn).
     turns: dict[str, list[tuple[float, dict[str, Any], float]]] = {name: [] for name in others}
     for _ in range(repeats):
@@ -224,8 +219,8 @@ def cpu_variants(
             + ("not measured" if recall is None else f"{recall:.4f} vs fp32 {fp32_recall:.4f}")
         )
     variants["methods"] = {
-        "int8": "torch.ao.quantization.quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig})",
-        "bf16": "model.to(torch.bfloat16) (oneDNN bf16 kernels)",
+        "int8": "SENTIMENT_PRECISION=int8: quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig})",
+        "bf16": "SENTIMENT_PRECISION=bf16: model.to(torch.bfloat16) (oneDNN bf16 kernels)",
     }
     variants["validation"] = f"tweeteval_sentiment/validation.jsonl (n={len(val_texts)})"
     return rows, variants

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ class Classifier:
     device: torch.device
 
 
-def load_classifier(model_dir: str, device: str | None = None) -> Classifier:
+def load_classifier(model_dir: str, device: str | None = None, precision: str = "fp32") -> Classifier:
+    """Load an exported folder. precision: fp32, bf16 (weights cast), or int8 (CPU only: dynamic quantization
+    of every nn.Linear with one weight scale per output channel, as the worker's SENTIMENT_PRECISION=int8)."""
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise ModelError(f"not a model folder (no config.json): {model_dir}")
@@ -39,8 +42,24 @@ def load_classifier(model_dir: str, device: str | None = None) -> Classifier:
         raise ModelError(f"model labels {sorted(names.values())} are not {list(LABELS)}")
     by_name = {name: i for i, name in names.items()}
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if precision == "int8":
+        if dev.type != "cpu":
+            raise ModelError("--precision int8 runs on the CPU only; on a GPU use bf16")
+        model = _quantize_int8(model)
+    elif precision == "bf16":
+        model = model.to(torch.bfloat16)
+    elif precision != "fp32":
+        raise ModelError(f"unknown precision {precision!r}: use fp32, bf16 or int8")
     model.to(dev).eval()
     return Classifier(model=model, tokenizer=tokenizer, columns=[by_name[n] for n in LABELS], device=dev)
+
+
+def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice: the API still works in torch 2.x
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
 
 
 @torch.inference_mode()

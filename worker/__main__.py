@@ -146,6 +146,8 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             max_rows=settings.effective_batch_size(device),
             max_tokens=settings.effective_forward_tokens(device),
             threads=settings.effective_threads(),
+            precision=settings.precision,
+            fault_oom_tokens=settings.fault_oom_tokens,
         )
     except ModelError as exc:
         _fail(str(exc))

@@ -9,10 +9,11 @@ arrival order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+R = TypeVar("R")
 T = TypeVar("T")
 
 
@@ -68,6 +69,25 @@ def restore_order(chunks: Sequence[Sequence[int]], chunk_results: Sequence[Seque
     if any(r is None for r in out):
         raise ValueError("chunks do not cover every index exactly once")
     return out  # type: ignore[return-value]
+
+
+def run_halving(
+    rows: Sequence[R], run: Callable[[Sequence[R]], Sequence[T]], retryable: Callable[[Exception], bool]
+) -> list[T | Exception]:
+    """``run(rows)``; when it fails with a retryable error (out of memory), run each half, recursively.
+
+    A row that still fails on its own gets the exception as its result (it becomes a dead letter) instead of
+    failing the whole batch over and over. Errors that are not retryable propagate.
+    """
+    try:
+        return list(run(rows))
+    except Exception as exc:
+        if not retryable(exc):
+            raise
+        if len(rows) <= 1:
+            return [exc] * len(rows)
+    mid = len(rows) // 2
+    return run_halving(rows[:mid], run, retryable) + run_halving(rows[mid:], run, retryable)
 
 
 def next_offsets(positions: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:

@@ -9,6 +9,8 @@ Guarantees (at least once):
   acknowledged by Kafka and the counts were written to Redis. If any step fails nothing is committed, the
   consumer seeks back to the batch's first offsets and the batch is processed again after a back-off.
 - So a crash or failure can republish results (duplicates on the output topic), but never loses a record.
+  A batch that failed after its records were acknowledged (Redis down, commit refused) does not publish
+  them again on retry: the loop remembers which input positions are published but not yet committed.
 - Counts stay exact: Redis stores a per-partition watermark with the counts in the same Lua call and skips
   offsets below it, so a replayed record is never counted twice.
 
@@ -54,7 +56,7 @@ from worker.counts import Tally
 from worker.decode import decode
 from worker.messages import ModelRef, Record, Rejected, Review, Scores, SocialPost
 from worker.metrics import Metrics
-from worker.output import OutRecord, build_result, dead_letter, result_record, tally
+from worker.output import DeadLettersTooLarge, OutRecord, build_result, dead_letter, result_record, tally
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class Model(Protocol):
     model_ref: ModelRef
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
-    def classify(self, encoded: Sequence[Sequence[int]]) -> list[Scores]: ...
+    def classify(self, encoded: Sequence[Sequence[int]]) -> Sequence[Scores | Exception]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,13 @@ def fault_hook(point: str, after_n: int) -> Callable[[str], None]:
 
 def _no_hook(point: str) -> None:
     pass
+
+
+def _inference_failed(item: Item, exc: Exception) -> Item:
+    """A message the model cannot classify even on its own (out of memory) becomes a dead letter."""
+    tokens = len(item.ids or ())
+    detail = f"the model ran out of memory on this message alone ({tokens} tokens)"
+    return Item(item.record, Rejected("inference_failed", detail, type(exc).__name__), None)
 
 
 def replay_plan(
@@ -203,6 +212,10 @@ class Loop:
         self.replay_until: dict[tuple[str, int], int] = {}  # partition -> committed offset while replaying
         self._unchecked: set[tuple[str, int]] = set()  # assigned, Redis watermark not compared yet
         self._in_transaction = False
+        # Input positions whose output was acknowledged by Kafka but not committed yet (at least once).
+        self._published: set[tuple[str, int, int]] = set()
+        # Input positions whose dead letter the DLQ topic refused as too large: resent without the value.
+        self._too_large: set[tuple[str, int, int]] = set()
         self.hook, self.clock, self.wall_ms, self.sleep = hook, clock, wall_ms, sleep
         self.stop_requested = False
         self.processed = 0  # records committed (results + dead letters)
@@ -230,6 +243,8 @@ class Loop:
             for tp in revoked:
                 self.replay_until.pop(tp, None)
                 self._unchecked.discard(tp)
+            if revoked:
+                self._published = {p for p in self._published if p[:2] not in revoked}
             if revoked:
                 # kafka-python keeps the read position of a partition that a rebalance revokes and hands
                 # straight back to this consumer, so the records dropped below must be read again: seek back
@@ -329,19 +344,27 @@ class Loop:
         """Classify, publish + flush, count, commit. Raises (nothing committed) if any step fails."""
         started = self.clock()
         good = [i for i in items if i.ids is not None]
-        scores = iter(self.model.classify([i.ids for i in good if i.ids is not None]) if good else ())
+        classified = self.model.classify([i.ids for i in good if i.ids is not None]) if good else []
         inference_s = self.clock() - started
         self.hook("after_classify")
+        failed = {i.position: s for i, s in zip(good, classified, strict=True) if isinstance(s, Exception)}
+        if failed:
+            items = [_inference_failed(i, failed[i.position]) if i.position in failed else i for i in items]
+        scores = (s for s in classified if not isinstance(s, Exception))
 
         now_ms = self.wall_ms()
         out: list[OutRecord] = []
         tallies: list[Tally] = []
         for item in items:
             # Below a replaying partition's committed offset the outputs exist already: only count again.
-            publish = item.record.offset >= self.replay_until.get(item.position[:2], -1)
+            publish = (
+                item.record.offset >= self.replay_until.get(item.position[:2], -1)
+                and item.position not in self._published
+            )
             if isinstance(item.decoded, Rejected):
                 if publish:
-                    out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic))
+                    keep = item.position not in self._too_large
+                    out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic, keep_value=keep))
                 continue
             s = next(scores)
             result = build_result(item.decoded, s, self.model.model_ref, item.record, now_ms)
@@ -362,6 +385,8 @@ class Loop:
             self._in_transaction = True
         if out:
             self.sink.publish(out)
+            if transaction is None:  # an aborted transaction takes its records with it
+                self._published.update(i.position for i in items)
         self.hook("after_publish")
         self.counts.apply(tallies, offsets)
         self.hook("after_redis")
@@ -371,6 +396,10 @@ class Loop:
         elif to_commit and self.transactions is None:
             self.source.commit(to_commit)
         self.hook("after_commit")
+        if self._published or self._too_large:
+            done = {i.position for i in items}
+            self._published -= done
+            self._too_large -= done
         replaying = dict(self.replay_until)
         for tp, o in offsets.items():
             if o >= self.replay_until.get(tp, o + 1):
@@ -445,6 +474,8 @@ class Loop:
     def _recover(self, items: Sequence[Item], exc: Exception, failures: int) -> None:
         error = type(exc).__name__
         self.metrics.batch_failures.labels(error).inc()
+        if isinstance(exc, DeadLettersTooLarge):
+            self._too_large |= exc.origins
         low, high = self.config.backoff_s
         delay = min(high, low * 2 ** (failures - 1))
         log.error(

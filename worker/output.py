@@ -37,6 +37,16 @@ class OutRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    origin: tuple[str, int, int] | None = None  # dead letters: the input record's (topic, partition, offset)
+
+
+class DeadLettersTooLarge(Exception):
+    """Kafka refused these dead letters as too large for the DLQ topic (its max.message.bytes, which may be
+    far below the input topics'); the batch is retried with their copies of the value dropped."""
+
+    def __init__(self, origins: set[tuple[str, int, int]]) -> None:
+        super().__init__(f"{len(origins)} dead letter(s) too large for the DLQ topic; resent without values")
+        self.origins = origins
 
 
 def event_ms(message: Review | SocialPost, record: Record, now_ms: int) -> int:
@@ -87,20 +97,25 @@ def tally(message: Review | SocialPost, scores: Scores, record: Record, now_ms: 
     )
 
 
-def dead_letter(record: Record, rejected: Rejected, topic: str) -> OutRecord:
+def dead_letter(record: Record, rejected: Rejected, topic: str, *, keep_value: bool = True) -> OutRecord:
     """The original key, value and headers, plus headers saying why and where from.
 
     Kafka refuses a record with neither key nor value, so a keyless tombstone becomes an empty value.
+    keep_value=False (the DLQ topic refused the copy as too large) leaves out the value and the original
+    headers; the dlq headers still say where the record is in its input topic.
     """
     value = record.value
     detail = rejected.detail
-    if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+    if not keep_value:
+        value = b""
+        detail = f"{detail}; value and headers dropped: too large for the DLQ topic"
+    elif value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
         value = value[:DLQ_MAX_VALUE_BYTES]
         detail = f"{detail}; value truncated to its first {DLQ_MAX_VALUE_BYTES} bytes"
     if value is None and record.key is None:
         value = b""
     headers = [
-        *record.headers,
+        *(record.headers if keep_value else ()),
         (H_DLQ_REASON, rejected.reason.encode()),
         (H_DLQ_DETAIL, detail.encode("utf-8", "replace")),
         (H_DLQ_TOPIC, record.topic.encode("utf-8", "replace")),
@@ -109,4 +124,4 @@ def dead_letter(record: Record, rejected: Rejected, topic: str) -> OutRecord:
     ]
     if rejected.exception:
         headers.append((H_DLQ_EXCEPTION, rejected.exception.encode()))
-    return OutRecord(topic, record.key, value, headers)
+    return OutRecord(topic, record.key, value, headers, (record.topic, record.partition, record.offset))

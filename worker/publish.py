@@ -9,13 +9,15 @@ from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.errors import (
     AuthorizationError,
     InvalidProducerEpochError,
+    MessageSizeTooLargeError,
     ProducerFencedError,
+    RecordListTooLargeError,
     UnsupportedForMessageFormatError,
     UnsupportedVersionError,
 )
 
 from worker.loop import FatalError
-from worker.output import OutRecord
+from worker.output import DeadLettersTooLarge, OutRecord
 
 # Errors after which a transactional producer cannot continue (Kafka's "fatal" class): restart instead.
 _FATAL = (
@@ -25,6 +27,7 @@ _FATAL = (
     UnsupportedVersionError,
     UnsupportedForMessageFormatError,
 )
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class PublishError(Exception):
@@ -55,10 +58,12 @@ class KafkaSink:
             raise ValueError("transactional_id and group_metadata go together")
         self.flush_timeout_s = 60.0
         self.group_metadata = group_metadata
+        self._transactional = transactional_id is not None
+        self._in_transaction = False
         extra: dict[str, Any] = {}
         if transactional_id is not None:
             extra["transactional_id"] = transactional_id
-        self.producer = KafkaProducer(
+        self._config: dict[str, Any] = dict(
             acks="all",
             enable_idempotence=True,
             compression_type="zstd",
@@ -70,24 +75,47 @@ class KafkaSink:
             **extra,
             **kafka_args,
         )
-        if transactional_id is not None:
-            self._guard(self.producer.init_transactions)
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> KafkaProducer:
+        producer = KafkaProducer(**self._config)
+        if self._transactional:
+            self._guard(producer.init_transactions)
+        return producer
+
+    def _renew(self) -> None:
+        """Replace the producer. kafka-python puts an idempotent producer in a fatal state when the broker
+        refuses a record as too large, and fails every later send; only a new producer can go on (a
+        transactional one's open transaction is aborted by the new one's init_transactions)."""
+        self.producer.close(timeout=5)
+        self._in_transaction = False
+        self.producer = self._new_producer()
 
     def publish(self, records: Sequence[OutRecord]) -> None:
-        try:
-            futures = [
-                self.producer.send(r.topic, key=r.key, value=r.value, headers=r.headers) for r in records
-            ]
-        except _FATAL as exc:
-            raise FatalError(f"Kafka producer failed fatally: {type(exc).__name__}: {exc}") from exc
+        sent = []
+        errors: list[tuple[OutRecord, BaseException | None]] = []
+        for r in records:
+            try:
+                sent.append((r, self.producer.send(r.topic, key=r.key, value=r.value, headers=r.headers)))
+            except _FATAL as exc:
+                raise FatalError(f"Kafka producer failed fatally: {type(exc).__name__}: {exc}") from exc
+            except _TOO_LARGE as exc:  # above the producer's max_request_size: refused before sending
+                errors.append((r, exc))
         self.producer.flush(timeout=self.flush_timeout_s)
-        failed = [f.exception for f in futures if not f.is_done or f.failed()]
+        errors += [(r, f.exception) for r, f in sent if not f.is_done or f.failed()]
+        # Retried as a whole, so the other failures (if any) get their second chance too.
+        too_large = {o for r, e in errors if isinstance(e, _TOO_LARGE) and (o := r.origin) is not None}
+        if any(isinstance(e, _TOO_LARGE) for _, e in errors):
+            self._renew()
+        if too_large:
+            raise DeadLettersTooLarge(too_large)
+        failed = [e for _, e in errors]
         if failed:
             first = failed[0]
             if isinstance(first, _FATAL):
                 raise FatalError(f"Kafka producer failed fatally: {type(first).__name__}: {first}")
             raise PublishError(
-                f"{len(failed)} of {len(futures)} records not delivered; first error: "
+                f"{len(failed)} of {len(records)} records not delivered; first error: "
                 f"{type(first).__name__ if first else 'not done'}: {first}"
             )
 
@@ -95,6 +123,7 @@ class KafkaSink:
 
     def begin(self) -> None:
         self._guard(self.producer.begin_transaction)
+        self._in_transaction = True
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         assert self.group_metadata is not None, "not a transactional sink"
@@ -103,9 +132,12 @@ class KafkaSink:
             metadata = self.group_metadata()
             self._guard(lambda: self.producer.send_offsets_to_transaction(tx_offsets, metadata))
         self._guard(self.producer.commit_transaction)
+        self._in_transaction = False
 
     def abort(self) -> None:
-        self._guard(self.producer.abort_transaction)
+        if self._in_transaction:  # not after _renew: that transaction is gone with its producer
+            self._guard(self.producer.abort_transaction)
+            self._in_transaction = False
 
     def _guard(self, call: Callable[[], Any]) -> Any:
         """Run a producer call, turning Kafka's fatal producer errors into FatalError."""

@@ -92,11 +92,19 @@ class Case:
     def inputs(self) -> list[str]:
         return [self.reviews, self.posts]
 
-    def create_topics(self, *, output: bool = True) -> None:
-        names = self.inputs + ([self.out, self.dlq] if output else [])
+    def create_topics(
+        self, *, output: bool = True, dlq: bool = True, configs: dict[str, dict[str, str]] | None = None
+    ) -> None:
+        """The input topics, plus the output and DLQ topics unless told not; configs: topic -> its configs."""
+        names = self.inputs + ([self.out] if output else []) + ([self.dlq] if dlq else [])
+        self.create(names, configs)
+
+    def create(self, names: list[str], configs: dict[str, dict[str, str]] | None = None) -> None:
         admin = KafkaAdminClient(bootstrap_servers=self.stack.bootstrap)
         try:
-            admin.create_topics([NewTopic(t, self.partitions, 1) for t in names])
+            admin.create_topics(
+                [NewTopic(t, self.partitions, 1, topic_configs=(configs or {}).get(t, {})) for t in names]
+            )
         finally:
             admin.close()
 

@@ -20,9 +20,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 
 from tests.faults.harness import BATCH_SIZE, MAX_BYTES, Case, Worker
+from tests.faults.proxy import Link, Proxy
 from tests.faults.stack import ROOT
 from tests.faults.traffic import Traffic, good_messages, poison_messages, produce
 from tests.faults.verify import Verdict
+from worker.keys import H_DLQ_DETAIL
 from worker.loop import FAULT_POINTS
 
 
@@ -311,10 +313,10 @@ def f10_redis_down(case: Case) -> Outcome:
     w.signal(signal.SIGTERM)
     rc = w.wait(60)
     problems = [] if rc == 0 else [f"worker exited {rc}"]
-    # at least once: a batch that fails at the Redis step was already published, and every retry
-    # publishes it again, so the output repeats up to one batch per failed attempt
+    # A batch that fails at the Redis step was published already; its retries only retry Redis and the
+    # commit, so even at least once the output holds no duplicates.
     failed = case.failed_batches()
-    v = case.verify(max_duplicates=failed * BATCH_SIZE)
+    v = case.verify(max_duplicates=0)
     return Outcome(v, recovery, problems, {"failed_batches": failed})
 
 
@@ -343,6 +345,181 @@ def f12_poison(case: Case) -> Outcome:
     case.produce(_good(case, 100))
     case.run_until_idle()
     return Outcome(case.verify(max_duplicates=0), notes={"poison": len(case.truth.bad)})
+
+
+def f13_oversized(case: Case) -> Outcome:
+    """Inputs far above SENTIMENT_MAX_MESSAGE_BYTES, one of them above the consumer's fetch size, and a DLQ
+    topic whose max.message.bytes (64 KiB) is below the copies of the largest: every one is dead-lettered,
+    the small enough ones with their value, the others without it, and nothing stalls."""
+    dlq_limit = 64 * 1024
+    case.create_topics(
+        configs={
+            case.reviews: {"max.message.bytes": str(4 << 20)},
+            case.posts: {"max.message.bytes": str(4 << 20)},
+            case.dlq: {"max.message.bytes": str(dlq_limit)},
+        }
+    )
+    rng = random.Random(13)
+
+    def text(n: int) -> str:  # random letters: zstd cannot shrink them below the DLQ topic's limit
+        return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz ", k=n))
+
+    big = {
+        f"{case.tag}-big-2mib": json.dumps({"id": "x", "text": text(2 << 20), "platform": "x"}).encode(),
+        f"{case.tag}-big-40kib": json.dumps({"id": "x", "text": text(40_000), "platform": "x"}).encode(),
+        f"{case.tag}-big-binary": rng.randbytes(1536 << 10),
+    }
+    bad = Traffic()
+    for key, value in big.items():
+        bad.bad[key] = "oversize"
+        bad.records.append((case.posts, key.encode(), value))
+    case.produce(_good(case, 200))
+    case.produce(bad)
+    t0 = time.monotonic()
+    case.run_until_idle()
+    recovery = time.monotonic() - t0
+    problems = []
+    copies = {key: (value, headers) for key, value, headers in _dlq_records(case)}
+    for key, value in big.items():
+        if key not in copies:
+            continue  # the verifier reports it as lost
+        got, headers = copies[key]
+        detail = headers.get(H_DLQ_DETAIL, b"").decode()
+        if len(value) <= dlq_limit - 4096 and got != value:
+            problems.append(f"{key}: the dead letter lost a value that fits the DLQ topic")
+        if len(value) > dlq_limit and (got or "too large for the DLQ topic" not in detail):
+            problems.append(f"{key}: expected an empty value and a detail saying why, got {len(got)} bytes")
+    failed = case.failed_batches()
+    return Outcome(
+        case.verify(max_duplicates=failed * BATCH_SIZE), recovery, problems, {"failed_batches": failed}
+    )
+
+
+def f14_output_topic_missing(case: Case) -> Outcome:
+    """The output topic does not exist when the worker starts (the broker does not auto-create topics): every
+    batch fails and nothing is committed until an operator creates it; then everything flows."""
+    case.create_topics(output=False)
+    case.produce(_good(case, 300))
+    case.produce(_poison(case))
+    w = case.start(SENTIMENT_CONNECT_TIMEOUT_S="3")  # also the producer's metadata wait per send
+    w.wait_ready()
+    deadline = time.monotonic() + 90
+    while case.failed_batches() < 2:
+        if time.monotonic() > deadline or w.proc.poll() is not None:
+            raise AssertionError("the worker did not report failed batches while the topic was missing")
+        time.sleep(0.5)
+    problems = []
+    if (lag := case.lag()) != len(case.truth.good) + len(case.truth.bad):
+        problems.append(f"records were committed while the output topic was missing (lag {lag})")
+    t0 = time.monotonic()
+    case.create([case.out])
+    case.wait_caught_up(120)
+    recovery = time.monotonic() - t0
+    w.signal(signal.SIGTERM)
+    if (rc := w.wait(60)) != 0:
+        problems.append(f"worker exited {rc} on SIGTERM")
+    failed = case.failed_batches()
+    # Dead letters of a failed batch may have gone out before the send to the missing topic failed.
+    v = case.verify(max_duplicates=failed * BATCH_SIZE)
+    return Outcome(v, recovery, problems, {"failed_batches": failed})
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def f15_slow_network(case: Case) -> Outcome:
+    """The worker reaches the broker through a slow link (30 ms per chunk, 48 KiB/s each way): it keeps up,
+    loses and repeats nothing, and its memory stays flat (each batch is flushed before the next poll, so
+    at most one batch waits in the producer)."""
+    case.create_topics()
+    case.produce(_good(case, 500))
+    case.produce(_poison(case))
+    with Proxy(case.stack.proxy_port, case.stack.proxied_port, link=Link(0.03, 48 * 1024)) as proxy:
+        w = case.start(SENTIMENT_KAFKA_BOOTSTRAP_SERVERS=case.stack.proxy_bootstrap)
+        w.wait_ready()
+        start_rss = peak_rss = _rss_mib(w.pid)
+        t0 = time.monotonic()
+        while case.lag():
+            if time.monotonic() - t0 > 240:
+                raise TimeoutError("F15: lag not 0 after 240 s")
+            peak_rss = max(peak_rss, _rss_mib(w.pid))
+            time.sleep(0.25)
+        took = time.monotonic() - t0
+        w.signal(signal.SIGTERM)
+        rc = w.wait(60)
+        forwarded = proxy.bytes_forwarded
+    problems = [] if rc == 0 else [f"worker exited {rc} on SIGTERM"]
+    growth = peak_rss - start_rss
+    if growth > 256:
+        problems.append(f"worker memory grew by {growth:.0f} MiB on the slow link")
+    if forwarded < 100_000:
+        problems.append(f"only {forwarded} bytes went through the proxy: the worker bypassed it")
+    notes = {
+        "rss_start_mib": round(start_rss),
+        "rss_peak_mib": round(peak_rss),
+        "proxy_bytes": forwarded,
+        "msg_per_s": round((len(case.truth.good) + len(case.truth.bad)) / took, 1),
+    }
+    return Outcome(case.verify(max_duplicates=0), took, problems, notes)
+
+
+def f16_network_partition(case: Case) -> Outcome:
+    """Worker a reaches the broker through the proxy, worker b directly. The proxy cuts a off for 20 s
+    (> SESSION_TIMEOUT_MS, 6 s): b takes every partition; when the link heals a rejoins, its batch from
+    before the cut is not committed over b's work, and nothing is lost."""
+    case.create_topics()
+    feeder = _feeder(case, chunks=50, size=150, interval_s=0.4, first_seed=10)
+    with Proxy(case.stack.proxy_port, case.stack.proxied_port) as proxy:
+        a = case.start(
+            SENTIMENT_KAFKA_BOOTSTRAP_SERVERS=case.stack.proxy_bootstrap,
+            SENTIMENT_TRANSACTIONAL_ID=f"{case.group}-0",
+        )
+        a.wait_ready()
+        feeder.start()
+        b = case.start(SENTIMENT_TRANSACTIONAL_ID=f"{case.group}-1")
+        b.wait_ready()
+        time.sleep(2)
+        proxy.partition()
+        try:
+            time.sleep(20)
+        finally:
+            proxy.heal()
+        t0 = time.monotonic()
+        feeder.join()
+        case.wait_caught_up(180)
+        recovery = time.monotonic() - t0
+        problems = []
+        for w in (a, b):
+            w.signal(signal.SIGTERM)
+            if (rc := w.wait(90)) != 0:
+                problems.append(f"worker {w.pid} exited {rc} on SIGTERM")
+    assigned_b = b.log().count('"partitions assigned"')
+    if assigned_b < 2:
+        problems.append("the directly connected worker never took over the cut-off worker's partitions")
+    failed = case.failed_batches()
+    v = case.verify(max_duplicates=(1 + failed) * BATCH_SIZE)
+    return Outcome(v, recovery, problems, {"failed_batches": failed, "assignments_b": assigned_b})
+
+
+def f17_model_oom(case: Case) -> Outcome:
+    """The model runs out of memory on forward passes above 100 padded tokens (fault hook): batches are split
+    and retried; a text that still fails alone (a 128-token one) is dead-lettered as inference_failed."""
+    case.create_topics()
+    case.produce(_good(case, 300))
+    long = Traffic()
+    for j in range(5):
+        msg = {"id": f"{case.tag}-long{j}", "text": " ".join(["great"] * 200), "platform": "x"}
+        long.bad[msg["id"]] = "inference_failed"
+        long.records.append((case.posts, msg["id"].encode(), json.dumps(msg).encode()))
+    case.produce(long)
+    w = case.run_until_idle(SENTIMENT_FAULT_OOM_TOKENS="100")
+    splits = w.log().count("forward pass out of memory; splitting it")
+    problems = [] if splits else ["no forward pass ran out of memory: the scenario tested nothing"]
+    return Outcome(case.verify(max_duplicates=0), problems=problems, notes={"oom_splits": splits})
 
 
 def f18_canaries(case: Case) -> Outcome:
@@ -406,21 +583,30 @@ def f18_canaries(case: Case) -> Outcome:
     return Outcome(case.verify(max_duplicates=0), problems=problems, notes={"log_bytes": len(logs)})
 
 
-def dlq_headers(case: Case) -> list[bytes]:
-    consumer = KafkaConsumer(bootstrap_servers=case.stack.bootstrap, enable_auto_commit=False)
+def _dlq_records(case: Case) -> list[tuple[str, bytes, dict[str, bytes]]]:
+    """(key, value, headers) of every record on the DLQ topic."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=case.stack.bootstrap, enable_auto_commit=False, fetch_max_bytes=8 << 20
+    )
     try:
         tps = [TopicPartition(case.dlq, p) for p in range(case.partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        values: list[bytes] = []
+        out: list[tuple[str, bytes, dict[str, bytes]]] = []
         deadline = time.monotonic() + 30
         while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
-                values.extend(v for r in batch for _, v in r.headers)
-        return values
+                out.extend(
+                    ((r.key or b"").decode(errors="replace"), r.value or b"", dict(r.headers)) for r in batch
+                )
+        return out
     finally:
         consumer.close()
+
+
+def dlq_headers(case: Case) -> list[bytes]:
+    return [v for _, _, headers in _dlq_records(case) for v in headers.values()]
 
 
 def f19_unsafe_model(case: Case) -> Outcome:
@@ -515,6 +701,11 @@ SCENARIOS: dict[str, Scenario] = {
     "F10": f10_redis_down,
     "F11": f11_redis_data_loss,
     "F12": f12_poison,
+    "F13": f13_oversized,
+    "F14": f14_output_topic_missing,
+    "F15": f15_slow_network,
+    "F16": f16_network_partition,
+    "F17": f17_model_oom,
     "F18": f18_canaries,
     "F19": f19_unsafe_model,
     "F20": f20_reset_to_earliest,

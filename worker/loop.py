@@ -100,6 +100,12 @@ class FatalError(Exception):
     """The producer cannot go on (fenced by a newer instance, or its transaction cannot be aborted)."""
 
 
+class PartitionsLost(Exception):
+    """The group refused the batch's commit: it rebalanced and the partitions now belong to another member,
+    which reads them again from the committed offset. Nothing is lost and the batch is no longer ours, so a
+    stop requested meanwhile ends cleanly."""
+
+
 class Model(Protocol):
     model_ref: ModelRef
 
@@ -456,7 +462,7 @@ class Loop:
                     failures += 1
                     self._recover(items, exc, failures)
                     if self.stop_requested:
-                        return False
+                        return isinstance(exc, PartitionsLost)
                 last_activity = self.clock()
             elif not self.source.assigned():
                 last_activity = now  # still joining the group: that is not idleness

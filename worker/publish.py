@@ -8,6 +8,7 @@ from typing import Any
 from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.errors import (
     AuthorizationError,
+    CommitFailedError,
     InvalidProducerEpochError,
     MessageSizeTooLargeError,
     ProducerFencedError,
@@ -16,7 +17,7 @@ from kafka.errors import (
     UnsupportedVersionError,
 )
 
-from worker.loop import FatalError
+from worker.loop import FatalError, PartitionsLost
 from worker.output import DeadLettersTooLarge, OutRecord
 
 # Errors after which a transactional producer cannot continue (Kafka's "fatal" class): restart instead.
@@ -130,7 +131,10 @@ class KafkaSink:
         if offsets:
             tx_offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
             metadata = self.group_metadata()
-            self._guard(lambda: self.producer.send_offsets_to_transaction(tx_offsets, metadata))
+            try:
+                self._guard(lambda: self.producer.send_offsets_to_transaction(tx_offsets, metadata))
+            except CommitFailedError as exc:  # KIP-447: the group moved on; this zombie must abort
+                raise PartitionsLost(str(exc)) from exc
         self._guard(self.producer.commit_transaction)
         self._in_transaction = False
 

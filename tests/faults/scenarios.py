@@ -711,7 +711,7 @@ SCENARIOS: dict[str, Scenario] = {
     "F20": f20_reset_to_earliest,
 }
 
-FAST = ("F1", "F3", "F12", "F20")
+FAST = ("F1", "F3", "F12", "F13", "F17", "F20")
 REAL_MODEL = {"F1r"}
 
 

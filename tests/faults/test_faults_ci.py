@@ -1,4 +1,4 @@
-"""The fast subset of the fault suite (F1, F3, F12, F20) on the suite's own Kafka + Redis (see stack.py).
+"""The fast subset of the fault suite (F1, F3, F12, F13, F17, F20) on its own Kafka + Redis (see stack.py).
 
 The whole suite: `python -m tests.faults`. Each scenario here runs in well under a minute on 2 cores.
 """

@@ -11,7 +11,7 @@ import pytest
 from worker.batching import Limits
 from worker.counts import Tally
 from worker.keys import H_DLQ_DETAIL, H_DLQ_REASON
-from worker.loop import Item, Loop, LoopConfig, fault_hook
+from worker.loop import Item, Loop, LoopConfig, PartitionsLost, fault_hook
 from worker.messages import ModelRef, Record, Rejected, Scores
 from worker.output import DeadLettersTooLarge, OutRecord
 
@@ -429,6 +429,19 @@ def test_stop_during_a_failing_batch_reports_failure() -> None:
 
     h.loop.sleep = stop_while_failing
     assert h.loop.run() is False
+    assert h.source.committed == {}
+
+
+def test_stop_while_the_group_refuses_the_commit_is_clean_since_the_batch_is_no_longer_ours() -> None:
+    h = make_loop()
+    h.source.add("reviews", 0, [review(0)])
+
+    def refused(offsets: Mapping[tuple[str, int], int]) -> None:
+        h.loop.request_stop()  # SIGTERM arrives while the batch is in flight
+        raise PartitionsLost("CommitFailedError: the group has rebalanced")
+
+    h.source.commit = refused  # type: ignore[method-assign]
+    assert h.loop.run() is True
     assert h.source.committed == {}
 
 

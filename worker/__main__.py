@@ -228,13 +228,16 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             "version": model.model_ref.version,
         },
     )
+    fatal: FatalError | None = None
     try:
         ok = loop.run(until_idle_s=until_idle_s)
-    except FatalError as exc:  # fenced by a newer instance, or a transaction that cannot be aborted
-        _fail(str(exc))
+    except FatalError as exc:  # fenced, not authorized, or a transaction that cannot be aborted
+        fatal = exc
     finally:
         source.close()
         sink.close()
+    if fatal is not None:
+        _fail(str(fatal))  # after closing, so that the operator's one line is the last one
     log.info("worker stopped", extra={"processed": loop.processed, "clean": ok})
     return 0 if ok else 1
 

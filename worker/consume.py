@@ -9,9 +9,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, IllegalStateError
+from kafka.errors import AuthorizationError, CommitFailedError, IllegalStateError
 
-from worker.loop import PartitionsLost
+from worker.loop import FatalError, PartitionsLost
 from worker.messages import Record
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,21 @@ class KafkaSource:
             **kafka_args,
         )
         self.consumer.subscribe(topics=list(topics), listener=self._listener)
+        self._topics = set(topics)
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, as far as polls told us
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except AuthorizationError as exc:  # e.g. no READ on the consumer group: retrying cannot help
+            raise FatalError(f"Kafka consumer not authorized: {type(exc).__name__}: {exc}") from exc
+        # kafka-python raises a topic authorization error inside a metadata callback, where it is lost, and
+        # the consumer then waits for an assignment forever; the client's cluster metadata still has it.
+        denied = self._topics & set(self.consumer._client.cluster.unauthorized_topics)
+        if denied:
+            raise FatalError(
+                f"Kafka consumer not authorized: TopicAuthorizationFailedError: {', '.join(sorted(denied))}"
+            )
         for tp, records in batches.items():
             if records:
                 self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
@@ -153,6 +164,8 @@ class KafkaSource:
             )
         except CommitFailedError as exc:
             raise PartitionsLost(str(exc)) from exc
+        except AuthorizationError as exc:
+            raise FatalError(f"Kafka consumer not authorized: {type(exc).__name__}: {exc}") from exc
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         assignment = self.consumer.assignment()

@@ -3,8 +3,8 @@
 The module starts its own secured stack (`scripts/stack up --secure`) in a temporary STACK_DIR on free
 ports, with a CA, certificates and passwords generated for it, and stops it at the end. It checks that the
 worker works through it, that a wrong CA or password fails closed with one clear line (no plaintext
-fallback), that the Redis ACL lets the worker do its job and nothing else, and that no secret is ever
-printed, even at DEBUG.
+fallback), that the Redis and Kafka ACLs let the worker do its job and nothing else, and that no secret is
+ever printed, even at DEBUG.
 """
 
 from __future__ import annotations
@@ -138,16 +138,21 @@ class Topics:
 
 def make_topics(s: Secured) -> Topics:
     tag = uuid.uuid4().hex[:8]
-    t = Topics(f"reviews-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
+    # Names under the worker user's ACL prefixes (scripts/secure/kafka-worker.acl).
+    t = Topics(
+        f"reviews-{tag}", f"sentiment-results-{tag}", f"sentiment-dlq-{tag}", f"sentiment-worker-{tag}"
+    )
+    create_topics(s, t.reviews, t.out, t.dlq)
+    return t
+
+
+def create_topics(s: Secured, *names: str) -> None:
     admin = KafkaAdminClient(**s.kafka_admin_args(), request_timeout_ms=15000)
     try:
-        admin.create_topics(
-            {name: {"num_partitions": 1, "replication_factor": 1} for name in (t.reviews, t.out, t.dlq)}
-        )
-        admin.wait_for_topics([t.reviews, t.out, t.dlq], timeout_ms=15000)
+        admin.create_topics({name: {"num_partitions": 1, "replication_factor": 1} for name in names})
+        admin.wait_for_topics(list(names), timeout_ms=15000)
     finally:
         admin.close()
-    return t
 
 
 def produce(s: Secured, topic: str, values: list[bytes]) -> None:
@@ -243,6 +248,41 @@ def test_worker_runs_over_sasl_ssl_and_redis_tls_acl_without_printing_secrets(
         store = CountStore(admin)
         assert store.watermarks() == {(t.reviews, 0): N + 1}
         assert store.window(3600)["total"] == N
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("denied", ["output", "input", "group"])
+def test_kafka_acls_deny_what_the_worker_user_was_not_granted_and_the_worker_fails_closed(
+    secured: Secured, model_dir: Path, denied: str
+) -> None:
+    t = make_topics(secured)
+    produce(secured, t.reviews, reviews(3))
+    extra: dict[str, str] = {}
+    if denied == "output":
+        forbidden = f"forbidden-out-{uuid.uuid4().hex[:8]}"
+        create_topics(secured, forbidden)
+        extra["SENTIMENT_OUTPUT_TOPIC"] = forbidden
+    elif denied == "input":
+        forbidden = f"forbidden-in-{uuid.uuid4().hex[:8]}"
+        create_topics(secured, forbidden)
+        produce(secured, forbidden, reviews(3))
+        extra.update(
+            SENTIMENT_INPUT_TOPICS=forbidden, SENTIMENT_TOPIC_KINDS=json.dumps({forbidden: "review"})
+        )
+    else:
+        extra["SENTIMENT_GROUP_ID"] = f"forbidden-group-{uuid.uuid4().hex[:8]}"
+    proc = run_worker(worker_env(secured, model_dir, t, **extra))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sentiment-worker: ") and "AuthorizationFailed" in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert_no_secret(secured, proc)
+    assert read_all(secured, t.out) == []
+    admin = KafkaAdminClient(**secured.kafka_admin_args())
+    try:
+        group = extra.get("SENTIMENT_GROUP_ID", t.group)
+        assert admin.list_group_offsets(group).get(group, {}) == {}  # nothing committed
     finally:
         admin.close()
 

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 LABELS = ("negative", "neutral", "positive")
 KINDS = ("review", "social_post")
-MAX_EPOCH_MS = 2**53 - 1  # beyond this a JSON number (and Redis' Lua) loses integer precision
+# 9999-12-31T23:59:59.999Z: the last instant an RFC 3339 result can carry (and far below 2**53, where JSON
+# numbers and Redis' Lua would lose integer precision). Anything later would fail the batch when formatted.
+MAX_EPOCH_MS = 253_402_300_799_999
 
 Label = Literal["negative", "neutral", "positive"]
 Kind = Literal["review", "social_post"]

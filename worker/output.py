@@ -15,6 +15,7 @@ from worker.keys import (
     H_MODEL,
 )
 from worker.messages import (
+    MAX_EPOCH_MS,
     InputRef,
     ModelRef,
     Record,
@@ -50,10 +51,13 @@ class DeadLettersTooLarge(Exception):
 
 
 def event_ms(message: Review | SocialPost, record: Record, now_ms: int) -> int:
-    """When the message happened: its created_at, else the Kafka record's timestamp, else now."""
+    """When the message happened: its created_at, else the Kafka record's timestamp, else now.
+
+    A producer can set any record timestamp (microseconds by mistake, say); one outside what a result can
+    carry counts as none, rather than failing its batch over and over."""
     if message.created_at is not None:
         return created_at_ms(message.created_at)
-    return record.timestamp_ms if record.timestamp_ms >= 0 else now_ms
+    return record.timestamp_ms if 0 <= record.timestamp_ms <= MAX_EPOCH_MS else now_ms
 
 
 def source_of(message: Review | SocialPost) -> str:

@@ -71,6 +71,13 @@ def test_created_at_falls_back_to_the_record_time_then_now() -> None:
     assert build_result(review(), SCORES, MODEL, record(ts=-1), NOW).created_at == "2024-05-01T12:01:40.000Z"
 
 
+def test_a_record_timestamp_no_result_can_carry_counts_as_none() -> None:
+    # e.g. microseconds set by mistake: year 56,000; formatting it would fail the batch on every retry
+    micros = record(ts=1_714_564_850_000_000)
+    assert build_result(review(), SCORES, MODEL, micros, NOW).created_at == "2024-05-01T12:01:40.000Z"
+    assert tally(review(), SCORES, micros, NOW).ts_ms == NOW
+
+
 def test_result_record_is_keyed_by_id_with_model_header() -> None:
     result = build_result(review(id="r\u00e9"), SCORES, MODEL, record(), NOW)
     out = result_record(result, "sentiment-results")

@@ -251,7 +251,6 @@ class Loop:
                 self._unchecked.discard(tp)
             if revoked:
                 self._published = {p for p in self._published if p[:2] not in revoked}
-            if revoked:
                 # kafka-python keeps the read position of a partition that a rebalance revokes and hands
                 # straight back to this consumer, so the records dropped below must be read again: seek back
                 # to the first one. (A partition now owned elsewhere is skipped by seek; its new owner starts

@@ -104,10 +104,11 @@ class KafkaSink:
                 errors.append((r, exc))
         self.producer.flush(timeout=self.flush_timeout_s)
         errors += [(r, f.exception) for r, f in sent if not f.is_done or f.failed()]
-        # Retried as a whole, so the other failures (if any) get their second chance too.
-        too_large = {o for r, e in errors if isinstance(e, _TOO_LARGE) and (o := r.origin) is not None}
-        if any(isinstance(e, _TOO_LARGE) for _, e in errors):
+        refused = [r for r, e in errors if isinstance(e, _TOO_LARGE)]
+        if refused:
             self._renew()
+        # Retried as a whole, so the other failures (if any) get their second chance too.
+        too_large = {r.origin for r in refused if r.origin is not None}
         if too_large:
             raise DeadLettersTooLarge(too_large)
         failed = [e for _, e in errors]

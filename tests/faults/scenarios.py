@@ -97,6 +97,23 @@ def _feeder(case: Case, *, chunks: int, size: int, interval_s: float, first_seed
     return threading.Thread(target=feed, daemon=True)
 
 
+def _catch_up_and_stop(
+    case: Case, feeder: threading.Thread, workers: list[Worker], *, stop_wait_s: float
+) -> tuple[float, list[str]]:
+    """After a fault: seconds until the feeder is done and the group caught up, then SIGTERM each worker;
+    returns that time and a problem per worker that did not exit 0."""
+    t0 = time.monotonic()
+    feeder.join()
+    case.wait_caught_up(180)
+    recovery = time.monotonic() - t0
+    problems = []
+    for w in workers:
+        w.signal(signal.SIGTERM)
+        if (rc := w.wait(stop_wait_s)) != 0:
+            problems.append(f"worker {w.pid} exited {rc} on SIGTERM")
+    return recovery, problems
+
+
 # ------------------------------------------------------------------------------------------- scenarios
 
 
@@ -285,15 +302,7 @@ def f9_zombie(case: Case) -> Outcome:
         time.sleep(15)  # > SESSION_TIMEOUT_MS (6 s): b now owns every partition
     finally:
         a.signal(signal.SIGCONT)
-    t0 = time.monotonic()
-    feeder.join()
-    case.wait_caught_up(180)
-    recovery = time.monotonic() - t0
-    problems = []
-    for w in (a, b):
-        w.signal(signal.SIGTERM)
-        if (rc := w.wait(60)) != 0:
-            problems.append(f"worker {w.pid} exited {rc} on SIGTERM")
+    recovery, problems = _catch_up_and_stop(case, feeder, [a, b], stop_wait_s=60)
     failed = case.failed_batches()
     v = case.verify(max_duplicates=(1 + failed) * BATCH_SIZE)
     return Outcome(v, recovery, problems, {"failed_batches": failed})
@@ -488,15 +497,7 @@ def f16_network_partition(case: Case) -> Outcome:
             time.sleep(20)
         finally:
             proxy.heal()
-        t0 = time.monotonic()
-        feeder.join()
-        case.wait_caught_up(180)
-        recovery = time.monotonic() - t0
-        problems = []
-        for w in (a, b):
-            w.signal(signal.SIGTERM)
-            if (rc := w.wait(90)) != 0:
-                problems.append(f"worker {w.pid} exited {rc} on SIGTERM")
+        recovery, problems = _catch_up_and_stop(case, feeder, [a, b], stop_wait_s=90)
     assigned_b = b.log().count('"partitions assigned"')
     if assigned_b < 2:
         problems.append("the directly connected worker never took over the cut-off worker's partitions")

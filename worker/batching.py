@@ -28,6 +28,14 @@ class Limits:
             raise ValueError("batch limits must be positive")
 
 
+def default_forward_tokens(device_type: str) -> int:
+    """Padded tokens per forward pass when not set. On CPU, cost grows with padded tokens and a pass has
+    little fixed cost, so small length-sorted passes waste less padding (measured: 1.2-1.4x the throughput
+    of one pass per batch of 32 tweets). On a GPU a pass has a fixed cost, so one large pass is as fast or
+    faster."""
+    return 16384 if device_type == "cuda" else 1024
+
+
 def is_full(n_records: int, n_tokens: int, limits: Limits) -> bool:
     return n_records >= limits.max_records or n_tokens >= limits.max_tokens
 

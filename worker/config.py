@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.batching import default_forward_tokens
 from worker.decode import DEFAULT_TOPIC_KINDS
 from worker.messages import KINDS
 
@@ -152,10 +153,7 @@ class Settings(BaseSettings):
         return self.max_batch_tokens or self.effective_batch_size(device) * self.max_length
 
     def effective_forward_tokens(self, device: str) -> int:
-        # On CPU, cost grows with padded tokens and a pass has little fixed cost, so small length-sorted
-        # passes waste less padding (measured: 1.3-1.4x the throughput of one pass per batch of 32 tweets).
-        # On a GPU one pass per batch is as fast or faster.
-        return self.max_forward_tokens or (16384 if device == "cuda" else 1024)
+        return self.max_forward_tokens or default_forward_tokens(device)
 
     def effective_transactional_id(self) -> str:
         """TRANSACTIONAL_ID, else "<group_id>-<hostname>": stable across restarts of the same host or pod, so

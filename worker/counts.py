@@ -144,6 +144,7 @@ def pack_apply(
     moods: list[list[Any]] = []
     mood_index: dict[str, int] = {}
     packed: list[list[Any]] = []
+    bucket_keys_of: dict[tuple[int, str, str], list[int]] = {}
     for t in tallies:
         check_tally(t)
         w = wm_index.get((t.topic, t.partition))
@@ -152,17 +153,21 @@ def pack_apply(
         if t.offset >= wm[w - 1][1]:
             raise ValueError(f"tally offset {t.offset} is not below next offset {wm[w - 1][1]}")
         bucket = bucket_start(t.ts_ms, bucket_s)
-        expire_at = bucket_expire_at_ms(bucket, bucket_s=bucket_s, retention_s=retention_s, now_ms=now_ms)
-        bucket_keys: list[int] = []
-        if expire_at > now_ms:
-            for key in (
-                keys.counts_all_key(prefix, bucket_s, bucket),
-                keys.counts_kind_key(prefix, bucket_s, t.kind, bucket),
-                keys.counts_source_key(prefix, bucket_s, t.kind, t.source, bucket),
-            ):
-                i = index(key)
-                bucket_keys.append(i)
-                expiry[str(i)] = expire_at
+        # Most tallies of a batch share a bucket, kind and source: build their keys once.
+        bucket_keys = bucket_keys_of.get((bucket, t.kind, t.source))
+        if bucket_keys is None:
+            bucket_keys = []
+            expire_at = bucket_expire_at_ms(bucket, bucket_s=bucket_s, retention_s=retention_s, now_ms=now_ms)
+            if expire_at > now_ms:
+                for key in (
+                    keys.counts_all_key(prefix, bucket_s, bucket),
+                    keys.counts_kind_key(prefix, bucket_s, t.kind, bucket),
+                    keys.counts_source_key(prefix, bucket_s, t.kind, t.source, bucket),
+                ):
+                    i = index(key)
+                    bucket_keys.append(i)
+                    expiry[str(i)] = expire_at
+            bucket_keys_of[(bucket, t.kind, t.source)] = bucket_keys
         m = 0
         if t.conversation_id:
             m = mood_index.get(t.conversation_id, 0)

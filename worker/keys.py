@@ -28,7 +28,7 @@ H_MODEL = "sentiment.model"
 # ---------------------------------------------------------------------------------------------------------
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_ESCAPED = frozenset("%:{}")
+_NEEDS_ESCAPE = re.compile(r"[%:{}\x00-\x1f\x7f]")
 
 
 def check_prefix(prefix: str) -> str:
@@ -43,7 +43,7 @@ def escape_part(text: str) -> str:
 
     Reversible (see unescape_part) and injective, so two different sources never share a key.
     """
-    return "".join(f"%{ord(c):02X}" if c in _ESCAPED or ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    return _NEEDS_ESCAPE.sub(lambda m: f"%{ord(m.group()):02X}", text)
 
 
 def unescape_part(text: str) -> str:

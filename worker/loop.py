@@ -47,6 +47,7 @@ import math
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -338,8 +339,8 @@ class Loop:
         ]
         texts = [d.text for d in decoded if not isinstance(d, Rejected)]
         encoded = iter(self.model.encode(texts))
-        for r in records:
-            self.metrics.messages_in.labels(r.topic).inc()
+        for topic, n in Counter(r.topic for r in records).items():
+            self.metrics.messages_in.labels(topic).inc(n)
         return [
             Item(r, d, None if isinstance(d, Rejected) else next(encoded))
             for r, d in zip(records, decoded, strict=True)
@@ -424,15 +425,17 @@ class Loop:
         m.batch_size.observe(len(items))
         m.inference_seconds.observe(inference_s)
         m.batch_seconds.observe(batch_s)
+        rejected: Counter[str] = Counter()
         for item in items:
             d = item.decoded
             if isinstance(d, Rejected):
-                m.dead_letters.labels(d.reason).inc()
-                continue
-            if item.record.timestamp_ms >= 0:
+                rejected[d.reason] += 1
+            elif item.record.timestamp_ms >= 0:
                 m.end_to_end_seconds.observe(max(0.0, (now_ms - item.record.timestamp_ms) / 1000))
-        for t in tallies:
-            m.results.labels(t.kind, t.label).inc()
+        for reason, n in rejected.items():
+            m.dead_letters.labels(reason).inc(n)
+        for (kind, label), n in Counter((t.kind, t.label) for t in tallies).items():
+            m.results.labels(kind, label).inc(n)
         log.debug("batch committed", extra={"records": len(items), "inference_s": round(inference_s, 4)})
 
     # --------------------------------------------------------------------------------------------- run

@@ -7,6 +7,7 @@ The JSON Schema files under worker/schemas/ are generated from these models
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ def created_at_ms(value: str | int) -> int:
     return ms
 
 
+@functools.lru_cache(maxsize=4096)  # a batch shares one processed_at, and bursts share created_at values
 def rfc3339_ms(epoch_ms: int) -> str:
     """Epoch ms -> '2024-05-01T12:00:00.000Z' (UTC, millisecond precision)."""
     return (
@@ -112,8 +114,11 @@ class Scores(BaseModel):
 
     @property
     def label(self) -> Label:
-        best = max(LABELS, key=lambda name: getattr(self, name))
-        return best  # type: ignore[return-value]
+        # The first of the highest, in LABELS order (a tie goes to negative, then neutral).
+        neg, neu, pos = self.negative, self.neutral, self.positive
+        if neg >= neu and neg >= pos:
+            return "negative"
+        return "neutral" if neu >= pos else "positive"
 
     @property
     def score(self) -> float:

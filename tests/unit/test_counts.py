@@ -212,6 +212,18 @@ def test_pack_apply_layout() -> None:
     assert math.isclose(p["a"], 2 / 6)
 
 
+def test_pack_apply_tallies_sharing_a_bucket_share_its_keys() -> None:
+    old = NOW_MS - 2 * 3600 * 1000  # past retention: no bucket keys, however many share it
+    key_list, arg = pack(
+        [tally(1), tally(2, score=-0.5, label="negative"), tally(3, ts_ms=old), tally(4, ts_ms=old)],
+        {("in", 0): 5},
+    )
+    p = json.loads(arg)
+    assert len(key_list) == 4
+    assert [t[3] for t in p["t"]] == [[2, 3, 4], [2, 3, 4], [], []]
+    assert set(p["kx"]) == {"2", "3", "4"}
+
+
 def test_pack_apply_dead_letter_only_partition_and_expired_bucket() -> None:
     # Past retention: counts in no bucket, but still moves the watermark.
     old = tally(0, ts_ms=NOW_MS - 2 * 3600 * 1000)

@@ -16,6 +16,7 @@ from worker.classifier import (
     check_model_dir,
     is_out_of_memory,
     label_columns,
+    pad_rows,
     resolve_precision,
     save_random_classifier,
 )
@@ -215,3 +216,19 @@ def test_is_out_of_memory_recognises_cpu_and_cuda_errors() -> None:
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_encode_gives_the_ids_of_the_transformers_tokenizer(clf: Classifier) -> None:
+    # The worker encodes with its own truncating copy of the fast tokenizer; the ids must be exactly what
+    # the tokenizer the model was trained with gives (special tokens, lower-casing, truncation).
+    texts = [*TEXTS, "", "   ", "Ünïcödé ÇAPS and\ttabs", "x" * 500]
+    expected = clf.tokenizer(texts, truncation=True, max_length=clf.max_length)["input_ids"]
+    assert clf.encode(texts) == [list(ids) for ids in expected]
+    assert max(len(ids) for ids in clf.encode(texts)) == clf.max_length
+
+
+def test_pad_rows_left_aligns_rows_and_masks_the_padding() -> None:
+    ids, mask = pad_rows([[5, 6, 7], [8], [9, 10]], width=4, pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0], [9, 10, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert str(ids.dtype) == str(mask.dtype) == "int64"

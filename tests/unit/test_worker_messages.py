@@ -66,6 +66,9 @@ def test_rfc3339_round_trip() -> None:
         ((0.7, 0.2, 0.1), "negative", -0.6),
         ((0.1, 0.8, 0.1), "neutral", 0.0),
         ((0.05, 0.15, 0.8), "positive", 0.75),
+        ((0.4, 0.4, 0.2), "negative", 0.2 - 0.4),  # a tie goes to the first in LABELS order
+        ((0.2, 0.4, 0.4), "neutral", 0.2),
+        ((0.3, 0.2, 0.5), "positive", 0.2),
     ],
 )
 def test_scores_label_and_score(scores: tuple[float, float, float], label: str, score: float) -> None:

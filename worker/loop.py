@@ -1,8 +1,13 @@
 """The worker loop: poll -> decode -> micro-batch -> classify -> publish + flush -> count -> commit.
 
-One thread does everything, one batch at a time, so a batch is fully published, counted and committed before
-the next one starts. Its sources and sinks are small protocols (Kafka and Redis adapters in production,
-in-memory fakes in the unit tests, an in-process source in benchmarks).
+Batches overlap: while batch N is classified on a second thread, the loop's thread polls, decodes and
+tokenizes batch N+1, and once N+1 is ready it is classified while N is published, counted and committed.
+Effects stay in order on the loop's thread: N is committed before anything of N+1 is published, and the
+model sees one batch at a time. On a GPU tokenizing, JSON and Kafka are the limit, so the overlap hides the
+model's time behind them; on a CPU the model is the limit and the overlap hides the flush, Redis and commit
+behind it. Its sources and sinks are small protocols
+(Kafka and Redis adapters in production, in-memory fakes in the unit tests, an in-process source in
+benchmarks).
 
 Guarantees (at least once):
 - Offsets are committed (offset + 1 per partition) only after every result and dead letter of the batch was
@@ -15,15 +20,16 @@ Guarantees (at least once):
   offsets below it, so a replayed record is never counted twice.
 
 max.poll.interval.ms: batches are bounded (max_poll_records = batch size, and a batch closes after
-max_wait), so the time between two polls is one batch's inference plus one flush, seconds at worst on CPU,
-far below the 5-minute default. We chose this over pausing partitions and classifying in a second thread
-because it keeps one thread, one order of effects and no shared state; the price is that Kafka is not
-polled while a batch is being classified, which costs nothing at these batch times.
+max_wait), and the loop polls while a batch is classified, so the time between two polls is at most one
+batch's inference plus one flush, seconds at worst on CPU, far below the 5-minute default. The consumer
+is only ever used from the loop's thread; the classify thread touches nothing but the model.
 
-Rebalances: revoke callbacks run inside poll(). A batch may span several polls while it fills, so after each
-poll the records of revoked partitions are dropped from the batch being built (not committed; the new owner
-reads them again from the committed offset, and the Redis watermark keeps the counts exact). Between batches
-nothing is uncommitted, so a revoke there needs no action.
+Rebalances: revoke callbacks run inside poll(). After each poll the records of revoked partitions are dropped
+from the batch being built and from the batch being classified (its results for them are thrown away when it
+lands): not committed; the new owner reads them again from the committed offset, and the Redis watermark
+keeps the counts exact. The batch read ahead is never committed before the one ahead of it, and when a
+batch fails the read-ahead is dropped with it: the seek back to the failed batch's first offsets reads both
+again.
 
 Exactly once (with ``transactions``): each batch is one Kafka transaction: begin -> send results and dead
 letters -> flush -> Redis update (idempotent thanks to the watermark) -> send the consumed offsets to the
@@ -49,7 +55,8 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from worker.batching import Limits, first_offsets, is_full, next_offsets, wait_left_s
@@ -137,6 +144,20 @@ class Item:
         return self.record.topic, self.record.partition, self.record.offset
 
 
+# How often the loop looks up from polling to see whether the batch being classified is done.
+FLIGHT_CHECK_S = 0.005
+
+
+@dataclass(slots=True)
+class _Flight:
+    """The batch being classified on the classify thread while the loop reads ahead."""
+
+    items: list[Item]
+    future: Future[tuple[list[Scores | Exception | None], float]]
+    started: float
+    dropped: set[tuple[str, int]] = field(default_factory=set)  # partitions revoked meanwhile
+
+
 def fault_hook(point: str, after_n: int) -> Callable[[str], None]:
     """A hook that SIGKILLs this process the after_n-th time the loop reaches ``point`` (crash tests)."""
     if point not in FAULT_POINTS:
@@ -207,6 +228,7 @@ class Loop:
         transactions: Transactions | None = None,
         offsets: Offsets | None = None,
         watermarks: Callable[[], Mapping[tuple[str, int], int]] | None = None,
+        executor: Executor | None = None,
         hook: Callable[[str], None] = _no_hook,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -223,6 +245,12 @@ class Loop:
         self._published: set[tuple[str, int, int]] = set()
         # Input positions whose dead letter the DLQ topic refused as too large: resent without the value.
         self._too_large: set[tuple[str, int, int]] = set()
+        # Runs classification; None: a thread of the loop's own for each run(). Tests pass an inline one.
+        self.executor = executor
+        self._flight: _Flight | None = None
+        self._building: list[Item] = []  # the batch being polled for
+        self._tokens = 0  # its tokens
+        self._started: float | None = None  # when its first record came
         self.hook, self.clock, self.wall_ms, self.sleep = hook, clock, wall_ms, sleep
         self.stop_requested = False
         self.processed = 0  # records committed (results + dead letters)
@@ -235,58 +263,76 @@ class Loop:
 
     def collect(self) -> list[Item]:
         """Poll until a batch is full (records or tokens), its wait is over, or a poll comes back empty."""
-        limits = self.config.limits
-        items: list[Item] = []
-        tokens = 0
-        started: float | None = None
         while True:
-            timeout_s = (
-                self.config.idle_poll_ms / 1000
-                if started is None
-                else wait_left_s(started, self.clock(), limits)
-            )
-            records = self.source.poll(math.ceil(timeout_s * 1000), limits.max_records - len(items))
-            revoked = self.source.take_revoked()
-            for tp in revoked:
-                self.replay_until.pop(tp, None)
-                self._unchecked.discard(tp)
-            if revoked:
-                self._published = {p for p in self._published if p[:2] not in revoked}
-                # kafka-python keeps the read position of a partition that a rebalance revokes and hands
-                # straight back to this consumer, so the records dropped below must be read again: seek back
-                # to the first one. (A partition now owned elsewhere is skipped by seek; its new owner starts
-                # at the committed offset.) Before _check_assigned, whose replay seek must win.
-                back = first_offsets(
-                    [i.position for i in items if i.position[:2] in revoked]
-                    + [(r.topic, r.partition, r.offset) for r in records if (r.topic, r.partition) in revoked]
-                )
-                if back:
-                    self.source.seek(back)
-            # Partitions sought back for a Redis replay drop what was read ahead of the seek.
-            dropped = revoked | self._check_assigned(records)
-            if dropped:
-                records = [r for r in records if (r.topic, r.partition) not in dropped]
-            if dropped and items:
-                items = [i for i in items if i.position[:2] not in dropped]
-                tokens = sum(len(i.ids or ()) for i in items)
-                if not items:
-                    started = None
-            if records:
-                self.hook("after_poll")
-                new = self._prepare(records)
-                items.extend(new)
-                tokens += sum(len(i.ids or ()) for i in new)
-                if started is None:
-                    started = self.clock()
-            if not items:
+            self._poll_once(self._poll_timeout_s())
+            if not self._building:
                 return []
-            assert started is not None
-            if (
-                self.stop_requested
-                or is_full(len(items), tokens, limits)
-                or wait_left_s(started, self.clock(), limits) <= 0
-            ):
-                return items
+            if self._ready():
+                return self._take()
+
+    def _ready(self) -> bool:
+        """The batch being built must go: it is full, its wait is over, or a stop was requested."""
+        if not self._building:
+            return False
+        assert self._started is not None
+        limits = self.config.limits
+        return (
+            self.stop_requested
+            or is_full(len(self._building), self._tokens, limits)
+            or wait_left_s(self._started, self.clock(), limits) <= 0
+        )
+
+    def _take(self) -> list[Item]:
+        items, self._building, self._tokens, self._started = self._building, [], 0, None
+        return items
+
+    def _poll_timeout_s(self) -> float:
+        wait = self.config.idle_poll_ms / 1000
+        if self._started is not None:
+            wait = wait_left_s(self._started, self.clock(), self.config.limits)
+        if self._flight is not None:  # come back soon to publish the batch being classified when it is done
+            wait = min(wait, FLIGHT_CHECK_S)
+        return wait
+
+    def _poll_once(self, timeout_s: float) -> None:
+        """One poll into the batch being built, after handling revoked and newly assigned partitions."""
+        limits = self.config.limits
+        records = self.source.poll(math.ceil(timeout_s * 1000), limits.max_records - len(self._building))
+        flight = self._flight.items if self._flight is not None else []
+        revoked = self.source.take_revoked()
+        for tp in revoked:
+            self.replay_until.pop(tp, None)
+            self._unchecked.discard(tp)
+        if revoked:
+            self._published = {p for p in self._published if p[:2] not in revoked}
+            # kafka-python keeps the read position of a partition that a rebalance revokes and hands
+            # straight back to this consumer, so the records dropped below must be read again: seek back
+            # to the first one. (A partition now owned elsewhere is skipped by seek; its new owner starts
+            # at the committed offset.) Before _check_assigned, whose replay seek must win.
+            back = first_offsets(
+                [i.position for i in (*flight, *self._building) if i.position[:2] in revoked]
+                + [(r.topic, r.partition, r.offset) for r in records if (r.topic, r.partition) in revoked]
+            )
+            if back:
+                self.source.seek(back)
+        # Partitions sought back for a Redis replay drop what was read ahead of the seek.
+        dropped = revoked | self._check_assigned(records)
+        if dropped:
+            records = [r for r in records if (r.topic, r.partition) not in dropped]
+            if self._flight is not None:  # its results for these partitions are thrown away when it lands
+                self._flight.dropped |= dropped
+            if self._building:
+                self._building = [i for i in self._building if i.position[:2] not in dropped]
+                self._tokens = sum(len(i.ids or ()) for i in self._building)
+                if not self._building:
+                    self._started = None
+        if records:
+            self.hook("after_poll")
+            new = self._prepare(records)
+            self._building.extend(new)
+            self._tokens += sum(len(i.ids or ()) for i in new)
+            if self._started is None:
+                self._started = self.clock()
 
     def _check_assigned(self, records: Sequence[Record]) -> set[tuple[str, int]]:
         """Seek newly assigned partitions whose Redis watermark is behind the commit.
@@ -349,14 +395,33 @@ class Loop:
     def process(self, items: Sequence[Item]) -> None:
         """Classify, publish + flush, count, commit. Raises (nothing committed) if any step fails."""
         started = self.clock()
-        good = [i for i in items if i.ids is not None]
-        classified = self.model.classify([i.ids for i in good if i.ids is not None]) if good else []
-        inference_s = self.clock() - started
+        scores, inference_s = self._classify(items)
+        self._finish(items, scores, inference_s, started)
+
+    def _classify(self, items: Sequence[Item]) -> tuple[list[Scores | Exception | None], float]:
+        """Scores (or the error of a text the model cannot take) per item, None for a rejected one; seconds.
+
+        Runs on the classify thread when batches overlap, so it touches nothing but the model.
+        """
+        started = self.clock()
+        good = [i.ids for i in items if i.ids is not None]
+        classified = iter(self.model.classify(good) if good else [])
+        scores = [None if i.ids is None else next(classified) for i in items]
+        return scores, self.clock() - started
+
+    def _finish(
+        self,
+        items: Sequence[Item],
+        scores: Sequence[Scores | Exception | None],
+        inference_s: float,
+        started: float,
+    ) -> None:
+        """Results and dead letters -> publish + flush -> count -> commit."""
         self.hook("after_classify")
-        failed = {i.position: s for i, s in zip(good, classified, strict=True) if isinstance(s, Exception)}
+        failed = {i.position: s for i, s in zip(items, scores, strict=True) if isinstance(s, Exception)}
         if failed:
             items = [_inference_failed(i, failed[i.position]) if i.position in failed else i for i in items]
-        scores = (s for s in classified if not isinstance(s, Exception))
+        good_scores = (s for s in scores if isinstance(s, Scores))
 
         now_ms = self.wall_ms()
         out: list[OutRecord] = []
@@ -372,7 +437,7 @@ class Loop:
                     keep = item.position not in self._too_large
                     out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic, keep_value=keep))
                 continue
-            s = next(scores)
+            s = next(good_scores)
             result = build_result(item.decoded, s, self.model.model_ref, item.record, now_ms)
             if publish:
                 out.append(result_record(result, self.config.output_topic))
@@ -445,39 +510,75 @@ class Loop:
 
         Returns False if the last batch failed (it stays uncommitted), else True.
         """
-        last_activity = self.clock()
-        last_report = last_lag = self.clock()
+        executor = self.executor or ThreadPoolExecutor(1, thread_name_prefix="classify")
+        try:
+            return self._run(executor, until_idle_s)
+        finally:
+            if self.executor is None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, executor: Executor, until_idle_s: float | None) -> bool:
+        last_activity = last_report = last_lag = self.clock()
         failures = 0
         reported = 0
-        while not self.stop_requested:
+        while True:
             if failures == 0:
                 self.metrics.beat()  # a batch failing over and over makes /healthz go stale
-            items = self.collect()
             now = self.clock()
-            if items:
+            flight = self._flight
+            if flight is not None and (flight.future.done() or self._ready() or self.stop_requested):
+                self._flight = None
                 try:
-                    self.process(items)
+                    items, scores, inference_s = self._landed(flight)
+                    if self._ready():  # the next batch is classified while this one is published
+                        self._submit(executor)
+                    if items:
+                        self._finish(items, scores, inference_s, flight.started)
                     failures = 0
                 except FatalError:
                     raise
                 except Exception as exc:
                     failures += 1
-                    self._recover(items, exc, failures)
+                    # The batches read ahead go too (the one being classified is left to finish and its
+                    # results unused): seeking back to the failed batch's first offsets reads them again.
+                    ahead: list[Item] = self._flight.items if self._flight is not None else []
+                    self._flight = None
+                    self._recover([*flight.items, *ahead, *self._take()], exc, failures)
                     if self.stop_requested:
                         return isinstance(exc, PartitionsLost)
                 last_activity = self.clock()
-            elif not self.source.assigned():
-                last_activity = now  # still joining the group: that is not idleness
+            elif self._ready():
+                self._submit(executor)
+            elif self.stop_requested:
+                return True
+            else:
+                self._poll_once(self._poll_timeout_s())
+                if self._building or not self.source.assigned():
+                    last_activity = self.clock()  # receiving, or still joining the group: not idle
             if now - last_lag >= 5:
                 self.metrics.set_lag(self.source.lag())
                 last_lag = now
             if now - last_report >= 10 and self.processed != reported:
                 log.info("progress", extra={"processed": self.processed})
                 last_report, reported = now, self.processed
-            if until_idle_s is not None and now - last_activity >= until_idle_s:
+            idle = self._flight is None and not self._building
+            if until_idle_s is not None and idle and now - last_activity >= until_idle_s:
                 log.info("idle, stopping", extra={"idle_s": until_idle_s, "processed": self.processed})
-                break
-        return True
+                return True
+
+    def _submit(self, executor: Executor) -> None:
+        items = self._take()
+        self._flight = _Flight(items, executor.submit(self._classify, items), self.clock())
+
+    def _landed(self, flight: _Flight) -> tuple[list[Item], list[Scores | Exception | None], float]:
+        """Wait for the batch's classification; its items and scores on partitions that are still ours."""
+        scores, inference_s = flight.future.result()
+        if not flight.dropped:
+            return flight.items, scores, inference_s
+        kept = [
+            (i, s) for i, s in zip(flight.items, scores, strict=True) if i.position[:2] not in flight.dropped
+        ]
+        return [i for i, _ in kept], [s for _, s in kept], inference_s
 
     def _recover(self, items: Sequence[Item], exc: Exception, failures: int) -> None:
         error = type(exc).__name__

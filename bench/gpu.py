@@ -350,16 +350,28 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
             file=sys.stderr,
         )
         return 2
+    from worker.classifier import tokenizer_threads
+
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
+    cpus = len(os.sched_getaffinity(0))
+    tok_threads = tokenizer_threads(os.environ, cpus)
     print(
-        f"bench.gpu: {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, model {path}"
+        f"bench.gpu: {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"model {path}, tokenizing on {tok_threads} of {cpus} CPUs"
     )
+    if tok_threads == 1 < cpus:
+        print(
+            "bench.gpu: TOKENIZERS_PARALLELISM is off, so the tokenizer runs on one thread; "
+            "the worker as deployed uses every CPU (unset it to measure that)",
+            file=sys.stderr,
+        )
     started = time.time()
     results: dict[str, Any] = {
         "device": gpu,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "cpus": os.cpu_count(),
+        "cpus": cpus,
+        "tokenizer_threads": tok_threads,
         "model": str(path),
         "messages": len(messages),
         "ceiling": [],
@@ -473,7 +485,8 @@ def report(r: dict[str, Any]) -> str:
         [
             f"## GPU benchmark: {r['device']}",
             "",
-            f"torch {r['torch']}, transformers {r['transformers']}, {r['cpus']} CPU cores; "
+            f"torch {r['torch']}, transformers {r['transformers']}, {r['cpus']} CPU cores, "
+            f"tokenizing on {r.get('tokenizer_threads', '?')}; "
             f"model `{r['model']}`; {r['messages']:,} messages per pipeline run.",
             "",
             stats.md_table(

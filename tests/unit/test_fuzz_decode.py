@@ -30,8 +30,8 @@ from worker.counts import Tally, check_tally, pack_apply
 from worker.decode import decode
 from worker.keys import H_DLQ_OFFSET, H_DLQ_PARTITION, H_DLQ_REASON, H_DLQ_TOPIC
 from worker.loop import Loop, LoopConfig
-from worker.messages import ModelRef, Record, Rejected, Review, Scores, SocialPost
-from worker.output import OutRecord, build_result, dead_letter, result_record, tally
+from worker.messages import ModelRef, Record, Rejected, Result, Review, Scores, SocialPost
+from worker.output import OutRecord, dead_letter, result_fields, result_record, tally
 
 EXAMPLES = int(os.environ.get("SENTIMENT_TEST_FUZZ_EXAMPLES", "10000"))
 MAX_BYTES = 2048
@@ -146,8 +146,11 @@ def check_outcome(record: Record) -> Review | SocialPost | Rejected:
     else:
         assert isinstance(out, Review | SocialPost) and out.text.strip()
         scores = Scores(negative=0.2, neutral=0.3, positive=0.5)
-        result = build_result(out, scores, MODEL, record, now_ms=1_700_000_000_000)
-        assert json.loads(result_record(result, "out").value or b"")["id"] == out.id
+        fields = result_fields(out, scores, MODEL, record, 1_700_000_000_000)
+        value = result_record(fields, "out").value or b""
+        # Every result is a Result (the output's schema), the message's own id included.
+        assert Result.model_validate_json(value).model_dump(exclude_none=True) == json.loads(value)
+        assert json.loads(value)["id"] == out.id
         check_tally(tally(out, scores, record, now_ms=1_700_000_000_000))
     return out
 

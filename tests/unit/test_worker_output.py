@@ -13,8 +13,8 @@ from worker.keys import (
     H_DLQ_TOPIC,
     H_MODEL,
 )
-from worker.messages import ModelRef, Record, Rejected, Review, Scores, SocialPost
-from worker.output import DLQ_MAX_VALUE_BYTES, build_result, dead_letter, result_record, tally
+from worker.messages import ModelRef, Record, Rejected, Result, Review, Scores, SocialPost
+from worker.output import DLQ_MAX_VALUE_BYTES, dead_letter, result_fields, result_record, tally
 
 MODEL = ModelRef(name="minilm-tweeteval", version="abc123def456")
 SCORES = Scores(negative=0.1, neutral=0.2, positive=0.7)
@@ -35,9 +35,16 @@ def post(**kw: object) -> SocialPost:
     )
 
 
+def published(message: Review | SocialPost, rec: Record | None = None) -> dict[str, object]:
+    """The JSON a result record carries, checked against the Result model (the output's schema)."""
+    value = result_record(result_fields(message, SCORES, MODEL, rec or record(), NOW), "out").value or b""
+    out = json.loads(value)
+    assert Result.model_validate_json(value).model_dump(exclude_none=True) == out
+    return out
+
+
 def test_review_result_has_every_field_and_source() -> None:
-    result = build_result(review(created_at="2024-05-01T12:00:00Z"), SCORES, MODEL, record(), NOW)
-    out = json.loads(result.to_json_bytes())
+    out = published(review(created_at="2024-05-01T12:00:00Z"))
     assert out == {
         "id": "r1",
         "kind": "review",
@@ -49,42 +56,39 @@ def test_review_result_has_every_field_and_source() -> None:
         "processed_at": "2024-05-01T12:01:40.000Z",
         "source": "shop",
     }
+    assert list(out) == [f for f in Result.model_fields if f in out]  # the schema's field order
 
 
 def test_post_result_has_platform_and_conversation() -> None:
-    out = json.loads(
-        build_result(post(conversation_id="c9"), SCORES, MODEL, record("social-posts"), NOW).to_json_bytes()
-    )
+    out = published(post(conversation_id="c9"), record("social-posts"))
     assert out["platform"] == "x" and out["conversation_id"] == "c9"
     assert "source" not in out
 
 
 def test_post_without_conversation_leaves_it_out() -> None:
-    out = json.loads(build_result(post(), SCORES, MODEL, record(), NOW).to_json_bytes())
-    assert "conversation_id" not in out
+    out = published(post())
+    assert "conversation_id" not in out and "source" not in out
 
 
 def test_created_at_falls_back_to_the_record_time_then_now() -> None:
-    assert build_result(review(), SCORES, MODEL, record(ts=1_714_564_850_000), NOW).created_at == (
-        "2024-05-01T12:00:50.000Z"
-    )
-    assert build_result(review(), SCORES, MODEL, record(ts=-1), NOW).created_at == "2024-05-01T12:01:40.000Z"
+    assert published(review(), record(ts=1_714_564_850_000))["created_at"] == "2024-05-01T12:00:50.000Z"
+    assert published(review(), record(ts=-1))["created_at"] == "2024-05-01T12:01:40.000Z"
 
 
 def test_a_record_timestamp_no_result_can_carry_counts_as_none() -> None:
     # e.g. microseconds set by mistake: year 56,000; formatting it would fail the batch on every retry
     micros = record(ts=1_714_564_850_000_000)
-    assert build_result(review(), SCORES, MODEL, micros, NOW).created_at == "2024-05-01T12:01:40.000Z"
+    assert published(review(), micros)["created_at"] == "2024-05-01T12:01:40.000Z"
     assert tally(review(), SCORES, micros, NOW).ts_ms == NOW
 
 
 def test_result_record_is_keyed_by_id_with_model_header() -> None:
-    result = build_result(review(id="r\u00e9"), SCORES, MODEL, record(), NOW)
-    out = result_record(result, "sentiment-results")
-    assert out.topic == "sentiment-results"
-    assert out.key == "r\u00e9".encode()
+    fields = result_fields(review(id="r\u00e9 \U0001f600"), SCORES, MODEL, record(), NOW)
+    out = result_record(fields, "results")
+    assert out.topic == "results"
+    assert out.key == "r\u00e9 \U0001f600".encode()
     assert out.headers == [(H_MODEL, b"minilm-tweeteval@abc123def456")]
-    assert json.loads(out.value or b"")["id"] == "r\u00e9"
+    assert json.loads(out.value or b"")["id"] == "r\u00e9 \U0001f600"
 
 
 def test_tally_uses_created_at_and_score() -> None:

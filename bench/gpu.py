@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -446,9 +447,12 @@ def sections(
         r["vs_ceiling"] = r["msg_s"] / best
         pipe_rows.append(r)
         save()
+        vs_ceiling = "no ceiling at this batch"
+        if math.isfinite(best):
+            vs_ceiling = f"{r['vs_ceiling']:.2f}x the ceiling"
         print(
             f"  pipeline batch {b}: {r['msg_s']:,.0f} msg/s ({r['vs_classifier']:.2f}x the classifier, "
-            f"{r['vs_ceiling']:.2f}x the ceiling; inference {100 * r['inference_share']:.0f}% of the time)"
+            f"{vs_ceiling}; inference {100 * r['inference_share']:.0f}% of the time)"
         )
 
     print("4. the same loop with a stub for the network: the limit the pipeline's own work sets", flush=True)

@@ -1,4 +1,5 @@
-"""sentiment-train: train / evaluate / predict. Bad input ends with one line on stderr and exit code 2."""
+"""sentiment-train: train / evaluate / predict, and the model registry (register / promote / rollback /
+registry / prune). Bad input ends with one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -168,6 +169,24 @@ def build_parser() -> OneLineParser:
     p.add_argument("--model", required=True, help="exported model folder")
     p.add_argument("--max-length", type=_number(int, 8, 4096), default=128, help="(default: 128)")
     p.add_argument("texts", nargs="+", metavar="TEXT")
+
+    def registry_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--registry", required=True, metavar="DIR", help="the model registry folder")
+
+    r = sub.add_parser("register", help="copy a model folder into a registry as a new version (JSON line)")
+    registry_option(r)
+    r.add_argument("model", metavar="MODEL_FOLDER", help="an exported model folder")
+    r.add_argument("--parent", metavar="VERSION", help="the version it was derived from (default: champion)")
+    pr = sub.add_parser("promote", help="make VERSION the champion (the old one becomes previous)")
+    registry_option(pr)
+    pr.add_argument("version", metavar="VERSION")
+    rb = sub.add_parser("rollback", help="swap champion and previous")
+    registry_option(rb)
+    ls = sub.add_parser("registry", help="versions, aliases, metrics and history as JSON")
+    registry_option(ls)
+    pn = sub.add_parser("prune", help="remove all but the N newest versions; never an aliased one")
+    registry_option(pn)
+    pn.add_argument("--keep", type=positive_int, required=True, metavar="N")
     return parser
 
 
@@ -268,18 +287,37 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(json.dumps(record, ensure_ascii=False))
 
 
+def cmd_registry(args: argparse.Namespace) -> None:
+    from trainer.registry import Registry
+
+    registry = Registry(args.registry)
+    if args.command == "register":
+        out = registry.register(args.model, parent=args.parent)
+    elif args.command == "promote":
+        out = registry.promote(args.version)
+    elif args.command == "rollback":
+        out = registry.rollback()
+    elif args.command == "prune":
+        out = registry.prune(args.keep)
+    else:
+        out = registry.describe()
+    print(json.dumps(out))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
     from trainer.data import DataError
     from trainer.models import ModelError
+    from trainer.registry import RegistryError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    commands |= dict.fromkeys(("register", "promote", "rollback", "registry", "prune"), cmd_registry)
     try:
         args = build_parser().parse_args(argv)
         commands[args.command](args)
-    except (UsageError, DataError, ModelError) as exc:
+    except (UsageError, DataError, ModelError, RegistryError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -128,6 +128,8 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
     from worker.loop import FatalError, Loop, LoopConfig, fault_hook, overlap_pays
     from worker.metrics import Metrics, serve
     from worker.publish import KafkaSink
+    from worker.registry import RegistryError, resolve, verify
+    from worker.swap import Swapper
 
     metrics = Metrics()
     if settings.metrics_port:
@@ -138,10 +140,10 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             stale_after_s=60 + settings.max_wait_ms / 1000,
         )
     store = _store(settings, _redis(settings))
-    try:
-        device = pick_device(settings.device).type
-        model = Classifier(
-            settings.model_dir,
+
+    def load(path: Path, name: str | None = None) -> Classifier:
+        return Classifier(
+            path,
             device=device,
             max_length=settings.max_length,
             max_rows=settings.effective_batch_size(device),
@@ -149,9 +151,35 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             threads=settings.effective_threads(),
             precision=settings.precision,
             fault_oom_tokens=settings.fault_oom_tokens,
+            name=name,
         )
-    except ModelError as exc:
+
+    registry = settings.model_registry
+    try:
+        device = pick_device(settings.device).type
+        if registry is None:
+            model = load(settings.model_dir)
+        else:
+            wanted = resolve(registry, settings.model_alias)
+            version = verify(registry, wanted)
+            model = load(version.path, version.name)
+            if model.model_ref.version != wanted:
+                raise RegistryError(f"version {wanted}: its weights hash to {model.model_ref.version}")
+    except (ModelError, RegistryError) as exc:
         _fail(str(exc))
+    swapper = (
+        None
+        if registry is None
+        else Swapper(
+            registry,
+            settings.model_alias,
+            lambda v: load(v.path, v.name),
+            serving=model,
+            poll_s=settings.model_poll_s,
+            metrics=metrics,
+            device=device,
+        )
+    )
     metrics.model_loaded = True
     metrics.model_info.labels(model.model_ref.name, model.model_ref.version, device).set(1)
     batch_size = settings.effective_batch_size(device)
@@ -208,6 +236,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
         offsets=source,
         watermarks=store.watermarks,
         overlap=overlap_pays(device, settings.effective_threads(), len(os.sched_getaffinity(0))),
+        models=swapper,
         hook=fault_hook(settings.fault_point, settings.fault_after_n) if settings.fault_point else _no_fault,
     )
 
@@ -229,14 +258,21 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             "overlap": loop.overlap,
             "model": model.model_ref.name,
             "version": model.model_ref.version,
+            "registry": None if registry is None else str(registry),
+            "alias": None if registry is None else settings.model_alias,
         },
     )
+    del model  # the loop holds the served model; after a swap nothing else may keep the old one alive
+    if swapper is not None:
+        swapper.start()
     fatal: FatalError | None = None
     try:
         ok = loop.run(until_idle_s=until_idle_s)
     except FatalError as exc:  # fenced, not authorized, or a transaction that cannot be aborted
         fatal = exc
     finally:
+        if swapper is not None:
+            swapper.close()
         source.close()
         sink.close()
     if fatal is not None:

@@ -45,6 +45,8 @@ from worker.messages import LABELS, ModelRef, Scores
 log = logging.getLogger(__name__)
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Without one of these transformers builds an empty tokenizer (special tokens only) and labels go random.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -71,6 +73,8 @@ def check_model_dir(path: Path) -> list[Path]:
                 "the worker loads safetensors only: re-save the model with safe_serialization"
             )
         raise ModelError(f"{path} has no *.safetensors weights")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     return weights
 
 
@@ -146,6 +150,7 @@ class Classifier:
         threads: int = 0,
         precision: str = "auto",
         fault_oom_tokens: int | None = None,
+        name: str | None = None,
     ) -> None:
         path = Path(model_dir)
         weights = check_model_dir(path)
@@ -159,6 +164,8 @@ class Classifier:
         self.max_rows = max_rows
         self.max_tokens = max_tokens
         self.model_ref = model_ref(path, weights)
+        if name is not None:  # a registry version folder is named by its version: report the model's name
+            self.model_ref = ModelRef(name=name, version=self.model_ref.version)
         hf_logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     model_dir: Path = Path("models/minilm-tweeteval")
+    # A model registry (sentiment-train register/promote): serve the version MODEL_ALIAS names, and swap to
+    # the one it names next without a restart. Takes the place of MODEL_DIR.
+    model_registry: Path | None = None
+    model_alias: str = Field(default="champion", pattern=r"^[a-z][a-z0-9_-]*$")
+    model_poll_s: float = Field(default=10.0, gt=0, le=3600)
     input_topics: Annotated[list[str], NoDecode] = ["reviews", "social-posts"]
     output_topic: str = "sentiment-results"
     dlq_topic: str = "sentiment-dlq"

@@ -43,6 +43,12 @@ between the two leaves Redis ahead of Kafka: the batch is redelivered, published
 and skipped by the watermark, so both the output and the counts stay exact. An abort that fails, or a fenced
 producer, is fatal: the loop raises FatalError and the process exits (a supervisor restarts it).
 
+Model swaps (with ``models``, a registry watcher): a new model version is loaded and verified on another
+thread while the loop goes on with the one it serves; the loop takes it between two batches. Each batch is
+classified by exactly one version and its results name it: a batch already being classified finishes with the
+old model, the batch being built is tokenized again with the new one's tokenizer, and the old model is freed
+once nothing uses it.
+
 Redis data loss (both guarantees): after each new assignment the loop compares each partition's Redis
 watermark with Kafka's committed offset. A watermark behind the commit (Redis flushed or restored from an
 older snapshot) makes the loop seek that partition back to the watermark (the earliest offset when there is
@@ -126,6 +132,12 @@ class Model(Protocol):
     def classify(self, encoded: Sequence[Sequence[int]]) -> Sequence[Scores | Exception]: ...
 
 
+class Models(Protocol):
+    """Where a new model version comes from (worker.swap.Swapper): one that is loaded, verified and ready."""
+
+    def take(self) -> Model | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LoopConfig:
     limits: Limits
@@ -162,6 +174,7 @@ class _Flight:
     items: list[Item]
     future: Future[tuple[list[Scores | Exception | None], float]]
     started: float
+    model: ModelRef  # the version classifying it: its results name this one
     dropped: set[tuple[str, int]] = field(default_factory=set)  # partitions revoked meanwhile
 
 
@@ -259,6 +272,7 @@ class Loop:
         offsets: Offsets | None = None,
         watermarks: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         overlap: bool = True,
+        models: Models | None = None,
         hook: Callable[[str], None] = _no_hook,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -276,6 +290,7 @@ class Loop:
         # Input positions whose dead letter the DLQ topic refused as too large: resent without the value.
         self._too_large: set[tuple[str, int, int]] = set()
         self.overlap = overlap  # False: classify on the loop's thread, one batch after the other
+        self.models = models  # None: the model never changes
         self._flight: _Flight | None = None
         self._building: list[Item] = []  # the batch being polled for
         self._tokens = 0  # its tokens
@@ -430,17 +445,17 @@ class Loop:
     def process(self, items: Sequence[Item]) -> None:
         """Classify, publish + flush, count, commit. Raises (nothing committed) if any step fails."""
         started = self.clock()
-        scores, inference_s = self._classify(items)
-        self._finish(items, scores, inference_s, started)
+        scores, inference_s = self._classify(items, self.model)
+        self._finish(items, scores, inference_s, started, self.model.model_ref)
 
-    def _classify(self, items: Sequence[Item]) -> tuple[list[Scores | Exception | None], float]:
+    def _classify(self, items: Sequence[Item], model: Model) -> tuple[list[Scores | Exception | None], float]:
         """Scores (or the error of a text the model cannot take) per item, None for a rejected one; seconds.
 
-        Runs on the classify thread when batches overlap, so it touches nothing but the model.
+        Runs on the classify thread when batches overlap, so it touches nothing but the model it is given.
         """
         started = self.clock()
         good = [i.ids for i in items if i.ids is not None]
-        classified = iter(self.model.classify(good) if good else [])
+        classified = iter(model.classify(good) if good else [])
         scores = [None if i.ids is None else next(classified) for i in items]
         return scores, self.clock() - started
 
@@ -450,6 +465,7 @@ class Loop:
         scores: Sequence[Scores | Exception | None],
         inference_s: float,
         started: float,
+        model: ModelRef,
     ) -> None:
         """Results and dead letters -> publish + flush -> count -> commit."""
         self.hook("after_classify")
@@ -474,7 +490,7 @@ class Loop:
                 continue
             s = next(good_scores)
             if publish:
-                result = result_fields(item.decoded, s, self.model.model_ref, item.record, now_ms)
+                result = result_fields(item.decoded, s, model, item.record, now_ms)
                 out.append(result_record(result, self.config.output_topic))
             tallies.append(tally(item.decoded, s, item.record, now_ms))
             if self.config.log_text and log.isEnabledFor(logging.DEBUG):
@@ -558,6 +574,8 @@ class Loop:
         while True:
             if failures == 0:
                 self.metrics.beat()  # a batch failing over and over makes /healthz go stale
+            if self.models is not None:
+                self._swap(self.models.take())
             now = self.clock()
             flight = self._flight
             if flight is not None and (flight.future.done() or self._ready() or self.stop_requested):
@@ -567,7 +585,7 @@ class Loop:
                     if self._ready():  # the next batch is classified while this one is published
                         self._submit(executor)
                     if items:
-                        self._finish(items, scores, inference_s, flight.started)
+                        self._finish(items, scores, inference_s, flight.started, flight.model)
                     failures = 0
                 except FatalError:
                     raise
@@ -602,7 +620,26 @@ class Loop:
 
     def _submit(self, executor: Executor) -> None:
         items, started = self._take(), self.clock()  # before submit: without overlap, it classifies
-        self._flight = _Flight(items, executor.submit(self._classify, items), started)
+        model = self.model
+        self._flight = _Flight(items, executor.submit(self._classify, items, model), started, model.model_ref)
+
+    def _swap(self, new: Model | None) -> None:
+        """Serve `new` from the next batch on: the batch being built is tokenized again with its tokenizer."""
+        if new is None:
+            return
+        old, self.model = self.model.model_ref, new
+        if self._building:
+            texts = [i.decoded.text for i in self._building if not isinstance(i.decoded, Rejected)]
+            encoded = iter(new.encode(texts))
+            self._building = [
+                i if isinstance(i.decoded, Rejected) else Item(i.record, i.decoded, next(encoded))
+                for i in self._building
+            ]
+            self._tokens = sum(len(i.ids or ()) for i in self._building)
+        log.info(
+            "model swapped",
+            extra={"from": old.version, "version": new.model_ref.version, "model": new.model_ref.name},
+        )
 
     def _landed(self, flight: _Flight) -> tuple[list[Item], list[Scores | Exception | None], float]:
         """Wait for the batch's classification; its items and scores on partitions that are still ours."""

@@ -62,7 +62,13 @@ class Metrics:
             "sentiment_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r
         )
         self.model_info = Gauge(
-            "sentiment_model_info", "The loaded model", ["name", "version", "device"], registry=r
+            "sentiment_model_info", "The model being served", ["name", "version", "device"], registry=r
+        )
+        self.model_swaps = Counter(
+            "sentiment_model_swaps",
+            "Model versions swapped in (swapped) or refused and never served (failed)",
+            ["outcome"],
+            registry=r,
         )
         self.heartbeat_time = time.monotonic()
         self.model_loaded = False

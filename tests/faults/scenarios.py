@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from tests.faults.proxy import Link, Proxy
 from tests.faults.stack import ROOT
 from tests.faults.traffic import Traffic, good_messages, poison_messages, produce
 from tests.faults.verify import Verdict
+from tests.faults.verify import _read as read_topic
+from trainer.registry import Registry, RegistryError
 from worker.keys import H_DLQ_DETAIL
 from worker.loop import FAULT_POINTS
 
@@ -657,6 +660,107 @@ def f20_reset_to_earliest(case: Case) -> Outcome:
     return Outcome(v, time.monotonic() - t0, problems)
 
 
+def _near_copy(src: Path, dst: Path) -> Path:
+    """The same model with one classifier bias moved by 1e-6: another version (other weights, other hash)
+    that labels everything as the original does, so a record redelivered across a swap keeps its label and
+    the verifier's one-label-per-id rule still holds."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    tensors = load_file(src / "model.safetensors")
+    tensors["classifier.bias"] = tensors["classifier.bias"] + 1e-6
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def _registry(case: Case) -> tuple[Registry, str, str]:
+    """A registry in the case's folder with two versions: A (the case's model, champion) and B."""
+    reg = Registry(case.work / f"{case.tag}-registry")
+    other = _near_copy(case.model_dir, case.work / f"{case.tag}-model-b" / case.model_dir.name)
+    a, b = reg.register(case.model_dir)["version"], reg.register(other)["version"]
+    reg.promote(a)
+    return reg, a, b
+
+
+def _versions_seen(case: Case) -> Counter[str]:
+    records = read_topic(case.stack.bootstrap, case.out, "read_committed")
+    return Counter(json.loads(r.value)["model"]["version"] for r in records)
+
+
+def f21_kill_during_model_load(case: Case) -> Outcome:
+    """kill -9 while the worker loads a newly promoted version: nothing is lost, the registry stays valid
+    and the next worker starts on the new champion."""
+    reg, a, b = _registry(case)
+    case.create_topics()
+    env = {"SENTIMENT_MODEL_REGISTRY": str(reg.root), "SENTIMENT_MODEL_POLL_S": "0.2"}
+    feeder = _feeder(case, chunks=20, size=60, interval_s=0.2, first_seed=50)
+    w = case.start(**env)
+    w.wait_ready()
+    feeder.start()
+    _wait_progress(case, case.lag() - BATCH_SIZE)
+    reg.promote(b)
+    deadline = time.monotonic() + 30
+    while '"loading model version"' not in w.log() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loading = '"loading model version"' in w.log()
+    w.kill()
+    problems = [] if loading else ["the worker never started loading the new version: nothing was tested"]
+    if reg.aliases() != {"champion": b, "previous": a}:
+        problems.append(f"aliases changed by the kill: {reg.aliases()}")
+    problems += [f"version {v} no longer verifies: {e}" for v in (a, b) if (e := _verify_error(reg, v))]
+    feeder.join()
+    after = case.run_until_idle(**env)
+    if f'"version": "{b}"' not in after.log().split('"worker started"', 1)[-1].split("\n", 1)[0]:
+        problems.append("the restarted worker did not start on the new champion")
+    seen = _versions_seen(case)
+    return Outcome(
+        case.verify(max_duplicates=2 * BATCH_SIZE),
+        problems=problems,
+        notes={"results_by_version": dict(seen)},
+    )
+
+
+def _verify_error(reg: Registry, version: str) -> str | None:
+    try:
+        reg.verify(version)
+    except RegistryError as exc:
+        return str(exc)
+    return None
+
+
+def f22_alias_flips(case: Case) -> Outcome:
+    """Ten alias flips in ten seconds under steady load: no loss, exact counts, every result names A or B,
+    and the worker's memory after five swaps within 15 % of after one (the old model is freed)."""
+    reg, a, b = _registry(case)
+    case.create_topics()
+    env = {"SENTIMENT_MODEL_REGISTRY": str(reg.root), "SENTIMENT_MODEL_POLL_S": "0.2"}
+    feeder = _feeder(case, chunks=60, size=40, interval_s=0.2, first_seed=80)
+    w = case.start(**env)
+    w.wait_ready()
+    feeder.start()
+    rss: dict[int, float] = {}
+    for flip in range(10):
+        reg.promote(b if flip % 2 == 0 else a)
+        time.sleep(1.0)
+        swaps = w.log().count('"model swapped"')
+        rss.setdefault(swaps, _rss_mib(w.pid))
+    recovery, problems = _catch_up_and_stop(case, feeder, [w], stop_wait_s=60)
+    swaps = w.log().count('"model swapped"')
+    if swaps < 5:
+        problems.append(f"only {swaps} swaps in 10 flips")
+    if 1 in rss and 5 in rss and rss[5] > 1.15 * rss[1]:
+        problems.append(f"RSS grew from {rss[1]:.0f} MiB after one swap to {rss[5]:.0f} MiB after five")
+    seen = _versions_seen(case)
+    if set(seen) - {a, b}:
+        problems.append(f"results from unknown versions: {sorted(set(seen) - {a, b})}")
+    return Outcome(
+        case.verify(max_duplicates=0),
+        recovery,
+        problems,
+        {"swaps": swaps, "rss_mib_after_swaps": rss, "results_by_version": dict(seen)},
+    )
+
+
 def f1_real_model(case: Case) -> Outcome:
     """F1 with the trained model (run.py gives REAL_MODEL scenarios models/minilm-tweeteval)."""
     return f1_baseline(case)
@@ -686,6 +790,8 @@ TITLES = {
     "F18": "secret/text canaries not logged",
     "F19": "unsafe (pickle) model folder",
     "F20": "offsets reset to earliest",
+    "F21": "kill -9 during a model load",
+    "F22": "10 alias flips in 10 s",
 }
 
 SCENARIOS: dict[str, Scenario] = {
@@ -710,9 +816,11 @@ SCENARIOS: dict[str, Scenario] = {
     "F18": f18_canaries,
     "F19": f19_unsafe_model,
     "F20": f20_reset_to_earliest,
+    "F21": f21_kill_during_model_load,
+    "F22": f22_alias_flips,
 }
 
-FAST = ("F1", "F3", "F12", "F13", "F17", "F20")
+FAST = ("F1", "F3", "F12", "F13", "F17", "F20", "F21", "F22")
 REAL_MODEL = {"F1r"}
 
 

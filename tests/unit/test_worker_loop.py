@@ -135,13 +135,16 @@ class FakeModel:
     events: list[str]
     model_ref: ModelRef = field(default_factory=lambda: ModelRef(name="fake", version="0"))
     batches: list[int] = field(default_factory=list)
+    first: int = 101  # the token this model's tokenizer starts each text with
+    firsts: set[int] = field(default_factory=set)  # first tokens of the rows it was asked to classify
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return [[101, *(word_id(w) for w in t.split()), 102] for t in texts]
+        return [[self.first, *(word_id(w) for w in t.split()), 102] for t in texts]
 
     def classify(self, encoded: Sequence[Sequence[int]]) -> list[Scores]:
         self.events.append("classify")
         self.batches.append(len(encoded))
+        self.firsts.update(ids[0] for ids in encoded)
         good, bad = word_id("good"), word_id("bad")
         return [
             Scores(negative=0.8, neutral=0.1, positive=0.1)
@@ -635,3 +638,53 @@ def test_batches_overlap_where_the_model_leaves_a_core_to_the_loop(
     device: str, threads: int, cpus: int, overlap: bool
 ) -> None:
     assert overlap_pays(device, threads, cpus) is overlap
+
+
+# ----------------------------------------------------------------------------------------------- swaps
+
+
+@dataclass
+class FakeModels:
+    """Hands over `model` at the `at`-th call of take() (between two batches of the loop)."""
+
+    model: FakeModel
+    at: int
+    calls: int = 0
+
+    def take(self) -> FakeModel | None:
+        self.calls += 1
+        return self.model if self.calls == self.at else None
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_swapped_model_classifies_whole_batches_and_its_results_name_it(overlap: bool) -> None:
+    h = make_loop(max_records=4, overlap=overlap)
+    new = FakeModel(h.events, ModelRef(name="fake", version="1"), first=201)
+    h.loop.models = FakeModels(new, at=3)
+    for p in range(2):
+        h.source.add("reviews", p, [review(i + 10 * p, "good" if i % 2 else "bad") for i in range(10)])
+    assert h.loop.run(until_idle_s=1)
+    results = [json.loads(r.value or b"") for r in h.sink.on("out")]
+    assert sorted(r["id"] for r in results) == sorted(f"r{i + 10 * p}" for p in range(2) for i in range(10))
+    versions = [r["model"]["version"] for r in results]
+    assert versions == sorted(versions) and set(versions) == {"0", "1"}  # old, then new, never back
+    assert h.model.firsts == {101} and new.firsts == {201}  # each model saw only its own tokens
+    headers = {dict(r.headers)["sentiment.model"] for r in h.sink.on("out")}
+    assert headers == {b"fake@0", b"fake@1"}
+    assert h.source.committed == {("reviews", 0): 10, ("reviews", 1): 10}
+    assert sum(len(c[0]) for c in h.counts.calls) == 20
+
+
+def test_the_batch_being_built_at_a_swap_is_tokenized_again_by_the_new_model() -> None:
+    h = make_loop(max_records=8, max_wait_s=0.5)
+    new = FakeModel(h.events, ModelRef(name="fake", version="1"), first=201)
+    h.loop.models = FakeModels(new, at=2)  # after the first poll, while the batch waits for company
+    h.source.add("reviews", 0, [review(0), review(1, "bad"), b"{broken"])
+    assert h.loop.run(until_idle_s=1)
+    assert h.model.firsts == set() and new.firsts == {201}
+    results = [json.loads(r.value or b"") for r in h.sink.on("out")]
+    assert [(r["id"], r["label"], r["model"]["version"]) for r in results] == [
+        ("r0", "positive", "1"),
+        ("r1", "negative", "1"),
+    ]
+    assert len(h.sink.on("dlq")) == 1 and h.source.committed == {("reviews", 0): 3}

@@ -24,9 +24,11 @@ from bench import inference
 class Reference:
     """The harness's handle on a reference process."""
 
-    def __init__(self, model_dir: Path, *, max_length: int, threads: int, cwd: Path) -> None:
+    def __init__(
+        self, model_dir: Path, *, max_length: int, threads: int, cwd: Path, precision: str = "auto"
+    ) -> None:
         cmd = [sys.executable, "-m", "bench.reference", "--model", str(model_dir)]
-        cmd += ["--max-length", str(max_length), "--threads", str(threads)]
+        cmd += ["--max-length", str(max_length), "--threads", str(threads), "--precision", precision]
         self.proc = subprocess.Popen(
             cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -69,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="auto", help="SENTIMENT_PRECISION's values (default auto)")
     args = p.parse_args(argv)
-    clf = inference.load(args.model, device="cpu", batch=32, max_length=args.max_length, threads=args.threads)
+    clf = inference.load(
+        args.model,
+        device="cpu",
+        batch=32,
+        max_length=args.max_length,
+        threads=args.threads,
+        precision=args.precision,
+    )
     serve(clf, sys.stdin, sys.stdout)
     return 0
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 TARGET_E2E_VS_MODEL = 0.85
-TARGET_E2E_VS_BASELINE = 2.5
+TARGET_E2E_VS_BASELINE = 4.0  # issue 15: against the per-message consumer
 TARGET_INT8_SPEEDUP = 1.5
 TARGET_INT8_RECALL_LOSS = 0.005  # 0.5 point of macro recall
 
@@ -71,7 +71,7 @@ def targets(
     bound = max_wait_ms + 2 * batch_inference_ms
     rows: list[dict[str, Any]] = [
         _row(
-            "end-to-end / model (same batch settings)",
+            "end-to-end / model alone at its best batch and precision",
             e2e_vs_model,
             TARGET_E2E_VS_MODEL,
             ">=",

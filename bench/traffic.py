@@ -77,6 +77,28 @@ def load_rows(root: Path, per_source: int) -> tuple[list[Row], list[Row]]:
     return social, reviews
 
 
+STARS = {1: "very negative", 2: "negative", 3: "neutral", 4: "positive", 5: "very positive"}
+
+
+def load_long_reviews(root: Path, limit: int) -> list[Row]:
+    """Product and service reviews (review_sentiment train: clothing, amazon, yelp; median ~350 characters,
+    many longer than 128 tokens): the reviews of the "long reviews" mix."""
+    path = root / "review_sentiment" / "train.jsonl"
+    if not path.is_file():
+        raise TrafficError(f"data set file missing: {path} (set --datasets or SENTIMENT_DATASETS)")
+    return [
+        Row(
+            text=r["text"],
+            label=r["label"],
+            kind="review",
+            origin=str(r.get("domain") or "reviews"),
+            label5=STARS.get(int(r["stars"])) if str(r.get("stars", "")).isdigit() else None,
+        )
+        for r in read_jsonl(path, limit)
+        if r.get("text", "").strip()
+    ]
+
+
 def build_messages(
     social: list[Row], reviews: list[Row], n: int, *, seed: int = 0, run_id: str = "bench"
 ) -> list[dict[str, object]]:

@@ -1,5 +1,5 @@
 """sentiment-train: train / evaluate / predict, and the model registry (register / promote / rollback /
-registry / prune). Bad input ends with one line on stderr and exit code 2."""
+registry / prune) and the learner (learn). Bad input ends with one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -187,6 +187,49 @@ def build_parser() -> OneLineParser:
     pn = sub.add_parser("prune", help="remove all but the N newest versions; never an aliased one")
     registry_option(pn)
     pn.add_argument("--keep", type=positive_int, required=True, metavar="N")
+
+    lr = sub.add_parser(
+        "learn", help="re-train on the feedback topic, gate the candidate against the champion, promote"
+    )
+    registry_option(lr)
+    lr.add_argument("--feedback-topic", help="default: SENTIMENT_FEEDBACK_TOPIC, else sentiment-feedback")
+    lr.add_argument("--train", required=True, nargs="+", metavar="DATA", help="the original training data")
+    lr.add_argument(
+        "--validation", required=True, nargs="+", metavar="DATA", help="validation sets the gate checks"
+    )
+    lr.add_argument("--once", action="store_true", help="one cycle, then exit (a cron job)")
+    lr.add_argument(
+        "--interval", type=positive_float, default=3600, metavar="S", help="seconds between cycles (3600)"
+    )
+    lr.add_argument(
+        "--min-feedback", type=positive_int, default=20, metavar="N", help="new corrections needed (20)"
+    )
+    lr.add_argument("--max-steps", type=positive_int, help="optimiser steps (default: the champion's recipe)")
+    lr.add_argument(
+        "--feedback-share",
+        type=_number(float, 0, 0.9, low_open=True),
+        default=0.03,
+        help="share of training rows that are corrections, by oversampling (default: 0.03)",
+    )
+    lr.add_argument(
+        "--holdout-share",
+        type=_number(float, 0, 0.9, low_open=True),
+        default=0.2,
+        help="share of corrections kept out of training to judge the candidate, by id hash (default: 0.2)",
+    )
+    lr.add_argument(
+        "--max-macro-recall-drop",
+        type=_number(float, 0, 1),
+        default=0.005,
+        help="gate: largest allowed macro-recall drop on any validation set (default: 0.005)",
+    )
+    lr.add_argument(
+        "--max-class-recall-drop",
+        type=_number(float, 0, 1),
+        default=0.02,
+        help="gate: largest allowed recall drop of any class (default: 0.02)",
+    )
+    lr.add_argument("--report-dir", help="also copy the cycle's report (Markdown, plot, JSON) here")
     return parser
 
 
@@ -304,6 +347,17 @@ def cmd_registry(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def cmd_learn(args: argparse.Namespace) -> None:
+    from trainer.learn import LearnError, LearnOptions, learn
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "once", "interval")}
+    try:
+        learn(LearnOptions(**fields), once=args.once, interval_s=args.interval, out=sys.stdout)
+    except LearnError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
@@ -314,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
     commands |= dict.fromkeys(("register", "promote", "rollback", "registry", "prune"), cmd_registry)
+    commands["learn"] = cmd_learn
     try:
         args = build_parser().parse_args(argv)
         commands[args.command](args)

@@ -45,6 +45,18 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}"
 
 
+def _bf16_lines(summary: dict[str, Any]) -> list[str]:
+    loss = summary.get("bf16_macro_recall_loss_points")
+    if loss is None:
+        return []
+    return [
+        f"bf16 weights on the CPU (`precision.json`): {-loss:+.2f} points of macro recall against fp32 at "
+        "batch 32. The worker's `SENTIMENT_PRECISION=auto` serves bf16 on CPUs with AMX-BF16 only when the "
+        "loss is at most 0.3 points.",
+        "",
+    ]
+
+
 def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, Any]) -> str:
     m = summary["validation"]
     base = BASE_DESCRIPTIONS.get(cfg.base_model, f"`{cfg.base_model}`")
@@ -103,6 +115,7 @@ def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, An
         f"accuracy {_fmt(m['accuracy'])}, macro F1 {_fmt(m['macro_f1'])} on {m['n']} rows "
         "(`metrics.json`, `confusion_matrix.png`, `training_curve.png`).",
         "",
+        *_bf16_lines(summary),
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
         *(

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,8 +261,15 @@ class Registry:
 
     # ---------------------------------------------------------------------------------------- writes
 
-    def register(self, folder: str | os.PathLike[str], *, parent: str | None = None) -> dict[str, Any]:
-        """Copy a model folder in as a new version; {"version", "registered": False when already there}."""
+    def register(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        parent: str | None = None,
+        hook: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Copy a model folder in as a new version; {"version", "registered": False when already there}.
+        hook(point) is called once the copy is staged, before it is renamed into place (crash tests)."""
         src = Path(folder)
         labels = check_model_folder(src)
         version = weights_version(src)
@@ -283,6 +290,8 @@ class Registry:
             _write_json(staged / MANIFEST, manifest)
             _fsync_tree(staged)
             _read_only(staged)
+            if hook is not None:
+                hook("registry_staged")
             with self._locked():
                 target = self.versions_dir / version
                 if target.exists():  # registered meanwhile by another process

@@ -1,4 +1,4 @@
-"""sentiment-worker CLI: run | counts | mood | schema. Settings come from SENTIMENT_* environment variables.
+"""sentiment-worker CLI: run | counts | mood | schema | serve. Settings come from SENTIMENT_* variables.
 
 Exit codes: 0 success; 1 a runtime problem (unreachable Kafka/Redis, unusable model, unknown conversation,
 a batch that failed when asked to stop); 2 bad arguments or settings. Errors are one line on stderr.
@@ -54,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="consume, classify, publish and count until stopped")
     run.add_argument(
-        "--until-idle", type=_positive, metavar="SECONDS", help="exit 0 after SECONDS without new messages"
+        "--until-idle",
+        type=_positive,
+        metavar="SECONDS",
+        help="exit 0 once nothing came for SECONDS and the group's committed offsets reached the end of "
+        "every input partition (waiting while other members, live or dead, hold partitions with lag)",
+    )
+    run.add_argument(
+        "--until-idle-max",
+        type=_positive,
+        default=120.0,
+        metavar="SECONDS",
+        help="with --until-idle: exit 1 when the group's lag has not gone down for SECONDS (default 120, "
+        "above twice the 45 s default session timeout after which a dead member's partitions move)",
     )
     counts = sub.add_parser("counts", help="print the label counts of a recent window as JSON")
     counts.add_argument("--window", type=_window, default=900, help="e.g. 30s, 15m, 1h, 2d (default 15m)")
@@ -64,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     mood.add_argument("conversation_id")
     schema = sub.add_parser("schema", help="print the message JSON Schemas, or write them to a folder")
     schema.add_argument("--write", type=Path, metavar="DIR", help="write one *.schema.json file per schema")
+    serve = sub.add_parser("serve", help="serve the HTTP API and dashboard over Redis (no Kafka, no model)")
+    serve.add_argument("--host", help="address to bind (default SENTIMENT_API_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to bind (default SENTIMENT_API_PORT, 8080)")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -118,14 +139,15 @@ def _schema(write: Path | None) -> None:
     print(f"wrote {len(schemas)} schemas to {write}", file=sys.stderr)
 
 
-def _run(settings: Settings, until_idle_s: float | None) -> int:
+def _run(settings: Settings, until_idle_s: float | None, until_idle_max_s: float = 120.0) -> int:
     # Heavy imports (torch) only for the command that needs them.
     from kafka.errors import KafkaError
 
     from worker.batching import Limits
     from worker.classifier import Classifier, ModelError, pick_device
     from worker.consume import KafkaSource
-    from worker.loop import FatalError, Loop, LoopConfig, fault_hook, overlap_pays
+    from worker.keys import model_channel
+    from worker.loop import FatalError, GroupNotDone, Loop, LoopConfig, fault_hook, overlap_pays
     from worker.metrics import Metrics, serve
     from worker.publish import KafkaSink
     from worker.registry import RegistryError, resolve, verify
@@ -203,6 +225,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
             kafka_args=kafka_args,
             transactional_id=settings.effective_transactional_id() if exactly_once else None,
             group_metadata=source.group_metadata if exactly_once else None,
+            call_timeout_s=settings.transaction_call_timeout_s,
         )
     except FatalError as exc:
         _fail(str(exc))
@@ -237,6 +260,7 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
         watermarks=store.watermarks,
         overlap=overlap_pays(device, settings.effective_threads(), len(os.sched_getaffinity(0))),
         models=swapper,
+        group=source,
         hook=fault_hook(settings.fault_point, settings.fault_after_n) if settings.fault_point else _no_fault,
     )
 
@@ -265,16 +289,26 @@ def _run(settings: Settings, until_idle_s: float | None) -> int:
     del model  # the loop holds the served model; after a swap nothing else may keep the old one alive
     if swapper is not None:
         swapper.start()
-    fatal: FatalError | None = None
+        swapper.listen(store.client, model_channel(settings.redis_prefix))
+    fatal: FatalError | GroupNotDone | None = None
     try:
-        ok = loop.run(until_idle_s=until_idle_s)
-    except FatalError as exc:  # fenced, not authorized, or a transaction that cannot be aborted
+        ok = loop.run(until_idle_s=until_idle_s, until_idle_max_s=until_idle_max_s)
+    except FatalError as exc:  # fenced, not authorized, a transaction that cannot be aborted or timed out
+        fatal = exc
+    except GroupNotDone as exc:  # --until-idle: other members still hold partitions with lag
         fatal = exc
     finally:
         if swapper is not None:
             swapper.close()
         source.close()
         sink.close()
+    if isinstance(fatal, FatalError):
+        # The producer's state is unknown (fenced, or a call past its bound whose kafka-python threads may
+        # still be stuck and logging): the operator's one line comes last, then the process goes at once
+        # rather than wait at exit for threads that may never end.
+        logging.disable(logging.CRITICAL)
+        print(f"sentiment-worker: {fatal}", file=sys.stderr, flush=True)
+        os._exit(1)
     if fatal is not None:
         _fail(str(fatal))  # after closing, so that the operator's one line is the last one
     log.info("worker stopped", extra={"processed": loop.processed, "clean": ok})
@@ -298,7 +332,16 @@ def main(argv: list[str] | None = None) -> None:
 
     logs.setup(settings.log_level)
     if args.command == "run":
-        sys.exit(_run(settings, args.until_idle))
+        sys.exit(_run(settings, args.until_idle, args.until_idle_max))
+    if args.command == "serve":
+        from worker.api import listen, serve  # fastapi and uvicorn only for the command that needs them
+
+        host, port = args.host or settings.api_host, settings.api_port if args.port is None else args.port
+        try:
+            sock = listen(host, port)
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        sys.exit(serve(settings, _redis(settings), sock))
     store = _store(settings, _redis(settings))
     if args.command == "counts":
         try:

@@ -7,7 +7,11 @@ positive, the tokenizer files, and *.safetensors weights. Folders with only pick
 Precision: fp32; bf16 or fp16 (autocast on CUDA; on CPU bf16 casts the weights, for CPUs with bf16 kernels);
 int8 (CPU only: dynamic quantization of every nn.Linear, int8 weights with one scale per output channel; one
 scale per tensor cost the trained MiniLM 1.8 points of validation macro recall, per channel none); auto =
-bf16 on CUDA (fp16 where the card lacks bf16), fp32 on CPU.
+bf16 on CUDA (fp16 where the card lacks bf16); on CPU bf16 only where both hold: the CPU has AMX-BF16 (native
+bf16 matrix units, where bf16 measured 2.2-2.4x fp32), and the model folder's precision.json (written by the
+trainer at export) records a bf16 macro-recall loss of at most BF16_MAX_LOSS_POINTS against fp32 on its
+validation set(s); fp32 otherwise. The choice is made per model folder (a hot-swapped version decides anew),
+logged with its reason, and named in every result (model.precision).
 
 Out of memory: a forward pass that runs out of memory is split in halves and retried; a text that fails on
 its own gets the error as its result, which the loop dead-letters, so one huge input cannot stall a partition.
@@ -21,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -50,6 +56,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.mode
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
+Resolved = Literal["fp32", "bf16", "fp16", "int8"]  # what a model runs in: auto is always resolved
+# The trainer's record of bf16 against fp32 (its trainer/precision.py writes it; the folder is the contract).
+EVIDENCE_FILE = "precision.json"
+# auto takes bf16 on CPU only when the export measured at most this loss of validation macro recall.
+BF16_MAX_LOSS_POINTS = 0.3
 
 
 class ModelError(Exception):
@@ -85,7 +96,7 @@ def model_ref(path: Path, weights: Sequence[Path]) -> ModelRef:
         with w.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-    return ModelRef(name=path.resolve().name, version=digest.hexdigest()[:12])
+    return ModelRef(name=path.resolve().name, version=digest.hexdigest()[:12], precision="fp32")
 
 
 def is_out_of_memory(exc: Exception) -> bool:
@@ -97,7 +108,7 @@ def is_out_of_memory(exc: Exception) -> bool:
     )
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device) -> Resolved:
     """The precision to run (auto resolved for the device); ModelError for a combination that cannot run."""
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -110,10 +121,75 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             if precision == "bf16":
                 raise ModelError("PRECISION=bf16 but this GPU has no bf16 support; use fp16")
             return "fp16"
-        return "bf16" if precision == "auto" else precision
+        return "bf16" if precision == "auto" else cast(Resolved, precision)
     if precision == "fp16":
         raise ModelError("PRECISION=fp16 needs CUDA; on CPU use fp32, bf16 or int8")
-    return "fp32" if precision == "auto" else precision
+    return "fp32" if precision == "auto" else cast(Resolved, precision)
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of /proc/cpuinfo's first "flags" line (empty when there is none)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX-BF16) and torch's oneDNN can use it."""
+    try:
+        flags = cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:  # not Linux: stay with fp32
+        return False
+    return "amx_bf16" in flags and torch.backends.mkldnn.is_available()
+
+
+def read_evidence(model_dir: Path) -> dict[str, Any] | None:
+    """The folder's precision.json, or None when it is missing or unreadable (then auto stays fp32)."""
+    try:
+        data = json.loads((model_dir / EVIDENCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def bf16_loss_points(evidence: Mapping[str, Any] | None) -> float | None:
+    """The recorded bf16 macro-recall loss in points (fp32 - bf16, the worst validation set), if any."""
+    bf16 = (evidence or {}).get("bf16")
+    loss = bf16.get("macro_recall_loss_points") if isinstance(bf16, dict) else None
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return None
+    return float(loss)
+
+
+def pick_precision(
+    requested: str, device: torch.device, *, native: bool, evidence: Mapping[str, Any] | None
+) -> tuple[Resolved, str]:
+    """(precision to run, why). PURE apart from resolve_precision's CUDA query: ``native`` says whether the
+    CPU has AMX-BF16 and ``evidence`` is the model folder's precision.json."""
+    chosen = resolve_precision(requested, device)
+    if requested != "auto":
+        return chosen, f"SENTIMENT_PRECISION={requested}"
+    if device.type == "cuda":
+        return chosen, f"auto on CUDA: {chosen} autocast"
+    if not native:
+        return "fp32", "auto on CPU: no AMX-BF16 on this CPU"
+    loss = bf16_loss_points(evidence)
+    if loss is None:
+        return (
+            "fp32",
+            f"auto on CPU: AMX-BF16 present, but the model folder has no bf16 measurement ({EVIDENCE_FILE})",
+        )
+    if loss > BF16_MAX_LOSS_POINTS:
+        return "fp32", (
+            f"auto on CPU: AMX-BF16 present, but bf16 cost {loss:.2f} points of validation macro recall at "
+            f"export (more than {BF16_MAX_LOSS_POINTS})"
+        )
+    return "bf16", (
+        f"auto on CPU: AMX-BF16 present and bf16 cost {loss:.2f} points of validation macro recall at export "
+        f"(at most {BF16_MAX_LOSS_POINTS})"
+    )
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -155,7 +231,12 @@ class Classifier:
         path = Path(model_dir)
         weights = check_model_dir(path)
         self.device = pick_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision, self.precision_reason = pick_precision(
+            precision,
+            self.device,
+            native=self.device.type == "cpu" and precision == "auto" and native_bf16(),
+            evidence=read_evidence(path) if precision == "auto" else None,
+        )
         # Fault injection (tests): a forward pass over more padded tokens than this raises out-of-memory.
         self.fault_oom_tokens = fault_oom_tokens
         if self.device.type == "cpu" and threads > 0:
@@ -163,9 +244,9 @@ class Classifier:
         self.max_length = max_length
         self.max_rows = max_rows
         self.max_tokens = max_tokens
-        self.model_ref = model_ref(path, weights)
-        if name is not None:  # a registry version folder is named by its version: report the model's name
-            self.model_ref = ModelRef(name=name, version=self.model_ref.version)
+        ref = model_ref(path, weights)
+        # A registry version folder is named by its version: report the model's name.
+        self.model_ref = ModelRef(name=name or ref.name, version=ref.version, precision=self.precision)
         hf_logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -197,6 +278,7 @@ class Classifier:
                 "version": self.model_ref.version,
                 "device": str(self.device),
                 "precision": self.precision,
+                "precision_reason": self.precision_reason,
                 "tokenizer_threads": (
                     tokenizer_threads(os.environ, len(os.sched_getaffinity(0))) if self._fast else 1
                 ),

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Exactly once: the producer's transactional.id; one per worker instance, stable across its restarts.
     transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # Exactly once: the longest one transaction call (send offsets, commit, abort) may wait for the broker;
+    # past it the worker exits 1 and a restart resumes. 60 s, as the Java producer's max.block.ms.
+    transaction_call_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
     connect_timeout_s: float = Field(default=30.0, gt=0)
@@ -198,6 +201,30 @@ class Settings(BaseSettings):
         if self.redis_ssl_ca_certs is not None:
             out["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
         return out
+
+    # HTTP API (sentiment-worker serve)
+    api_host: str = "127.0.0.1"  # loopback unless an operator decides to expose it
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    # When set, every API endpoint wants "Authorization: Bearer <token>"; also from SENTIMENT_API_TOKEN_FILE.
+    api_token: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _api_token_file(cls, data: Any) -> Any:
+        path = os.environ.get("SENTIMENT_API_TOKEN_FILE")
+        if isinstance(data, dict) and path and not data.get("api_token"):
+            try:
+                data["api_token"] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"SENTIMENT_API_TOKEN_FILE: cannot read {path}: {exc.strerror}") from None
+        return data
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("must not be empty (unset it to serve without a token)")
+        return v
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import AuthorizationError, CommitFailedError, IllegalStateError
 
-from worker.loop import FatalError, PartitionsLost
+from worker.loop import FatalError, PartitionsLost, group_lag
 from worker.messages import Record
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class KafkaSource:
         )
         self.consumer.subscribe(topics=list(topics), listener=self._listener)
         self._topics = set(topics)
+        self._group_id, self._kafka_args = group_id, dict(kafka_args)
+        self._timeout_ms = int(connect_timeout_s * 1000)
+        self._admin: Any = None  # made at the first group_lag() (only --until-idle asks)
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read, as far as polls told us
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
@@ -145,6 +148,40 @@ class KafkaSource:
         tps = [TopicPartition(t, p) for t, p in partitions]
         return {(tp.topic, tp.partition): o for tp, o in self.consumer.beginning_offsets(tps).items()}
 
+    def group_lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet done on every partition of the input topics, over the whole group (see
+        worker.loop.group_lag): the group's committed offsets from the admin client, end offsets for all
+        partitions, this consumer's positions for its own."""
+        from kafka.admin import KafkaAdminClient
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                client_id=f"{self._group_id}-admin", request_timeout_ms=self._timeout_ms, **self._kafka_args
+            )
+        offsets = self._admin.list_group_offsets(self._group_id).get(self._group_id, {})
+        committed = {(tp.topic, tp.partition): om.offset for tp, om in offsets.items() if om.offset >= 0}
+        tps = [
+            TopicPartition(t, p)
+            for t in sorted(self._topics)
+            for p in sorted(self.consumer.partitions_for_topic(t) or ())
+        ]
+        end = self.consumer.end_offsets(tps, timeout_ms=self._timeout_ms)
+        beginning = self.consumer.beginning_offsets(tps, timeout_ms=self._timeout_ms)
+        positions: dict[tuple[str, int], int] = {}
+        for tp in self.consumer.assignment():
+            try:
+                position = self.consumer.position(tp, timeout_ms=self._timeout_ms)
+            except IllegalStateError:  # revoked since assignment() was read
+                continue
+            if position is not None:
+                positions[(tp.topic, tp.partition)] = position
+        return group_lag(
+            {(tp.topic, tp.partition): o for tp, o in end.items()},
+            committed,
+            {(tp.topic, tp.partition): o for tp, o in beginning.items()},
+            positions,
+        )
+
     def group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id) for send_offsets_to_transaction."""
         return self.consumer.group_metadata()
@@ -192,4 +229,6 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
         self.consumer.close(autocommit=False)

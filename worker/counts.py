@@ -3,6 +3,8 @@
 One batch is applied by one Lua script (counts.lua) that also moves a per-partition offset watermark, so the
 counts and the watermark change together or not at all and a redelivered record is never counted twice.
 Keys, expiry times and the script's argument are computed here in pure functions; key names live in keys.py.
+Windows and series are read by a second, read-only script (counts_read.lua) that sums the buckets of each
+step inside Redis, so a day of minute buckets costs one call and three numbers per step.
 
 Buckets: a message counts in the bucket [start, start + bucket_s) holding its timestamp (epoch seconds,
 start a multiple of bucket_s). A bucket key expires retention_s after the bucket's end, but never later than
@@ -10,6 +12,9 @@ retention_s + bucket_s from now, so a bogus far-future created_at cannot pin key
 
 Mood score: an exponentially weighted moving average of Tally.score with alpha = 2 / (mood_size + 1) (the
 usual "span" EWMA: about as reactive as a mean of the last mood_size scores); the first message sets it.
+Mood label: from that score, <= -MOOD_THRESHOLD negative, >= MOOD_THRESHOLD positive, else neutral; the
+latest message's own label is last_label. One cheerful reply (score 0.9) moves a -0.72 conversation
+(mood_size 20) to about -0.57: still negative, as a chatbot should read it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from worker import keys
 LABELS = ("negative", "neutral", "positive")
 KINDS = ("review", "social_post")
 _MAX_INT = 2**53  # Lua numbers are doubles; offsets and times beyond this would lose precision.
+# A score of p(positive) - p(negative) this far from 0 is a mood; nearer, the conversation reads neutral.
+# 0.25 is a quarter of the range: a neutral-leaning model output (scores near 0) stays neutral, while an
+# EWMA of clearly one-sided messages reaches it after two or three of them.
+MOOD_THRESHOLD = 0.25
+MOOD_INDEX_SIZE = 1000  # conversations kept in the recently-updated index (keys.mood_index_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,31 @@ def window_buckets(now_ms: int, window_s: int, bucket_s: int) -> range:
     """Starts of the buckets overlapping the window (now - window_s, now], oldest first."""
     first = bucket_start(now_ms - window_s * 1000 + 1, bucket_s)
     return range(first, bucket_start(now_ms, bucket_s) + 1, bucket_s)
+
+
+def mood_label(score: float, threshold: float = MOOD_THRESHOLD) -> str:
+    """The mood a score stands for; counts.lua applies the same rule with the same threshold."""
+    if score <= -threshold:
+        return "negative"
+    if score >= threshold:
+        return "positive"
+    return "neutral"
+
+
+def series_steps(now_ms: int, window_s: int, step_s: int, bucket_s: int) -> list[tuple[int, list[int]]]:
+    """(step start, bucket starts in it) for the buckets overlapping (now - window_s, now], oldest first.
+
+    Steps start at multiples of step_s, so a chart polled every few seconds keeps its x positions; the first
+    step may hold fewer buckets than the others.
+    """
+    if step_s <= 0 or step_s % bucket_s:
+        raise ValueError(f"step must be a positive multiple of the bucket width ({bucket_s}s), got {step_s}s")
+    if step_s > window_s:
+        raise ValueError(f"step ({step_s}s) must not be longer than the window ({window_s}s)")
+    steps: dict[int, list[int]] = {}
+    for bucket in window_buckets(now_ms, window_s, bucket_s):
+        steps.setdefault(bucket // step_s * step_s, []).append(bucket)
+    return list(steps.items())
 
 
 def bucket_expire_at_ms(bucket: int, *, bucket_s: int, retention_s: int, now_ms: int) -> int:
@@ -181,6 +216,7 @@ def pack_apply(
                 )
                 m = mood_index[t.conversation_id] = len(moods)
         packed.append([w, t.offset, t.label, bucket_keys, m, float(t.score)])
+    index_key = index(keys.mood_index_key(prefix)) if moods else 0
 
     payload = {
         "wm": wm,
@@ -192,6 +228,9 @@ def pack_apply(
         "ttl": retention_s * 1000,
         "now": now_ms,
         "ch": keys.mood_channel(prefix),
+        "th": MOOD_THRESHOLD,
+        "mi": index_key,
+        "mx": MOOD_INDEX_SIZE,
     }
     return key_list, json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -226,6 +265,9 @@ class CountStore:
         source = resources.files("worker").joinpath("counts.lua").read_text(encoding="utf-8")
         # register_script runs EVALSHA and reloads the script by itself after a Redis restart (NOSCRIPT).
         self._script = client.register_script(source)
+        self._read_script = client.register_script(
+            resources.files("worker").joinpath("counts_read.lua").read_text(encoding="utf-8")
+        )
 
     def apply(self, tallies: Sequence[Tally], next_offsets: Mapping[tuple[str, int], int]) -> int:
         """Count the tallies not counted before and advance the watermarks, atomically; see counts.lua.
@@ -255,6 +297,34 @@ class CountStore:
         raw = self.client.hgetall(keys.watermarks_key(self.prefix))
         return {keys.parse_watermark_field(_text(f)): int(_text(v)) for f, v in raw.items()}
 
+    def _check_window(self, window_s: int, kind: str | None) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window must be positive, got {window_s}")
+        if window_s > self.retention_s:
+            raise ValueError(f"window of {window_s}s is longer than the retention of {self.retention_s}s")
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+    def _sum_counts(
+        self, groups: Sequence[Sequence[int]], kind: str | None, source: str | None
+    ) -> list[tuple[int, int, int]]:
+        """(negative, neutral, positive) summed over each group of bucket starts, in one Redis call."""
+        p, b = self.prefix, self.bucket_s
+        key_list: list[str] = []
+        sizes: list[int] = []
+        for group in groups:
+            before = len(key_list)
+            if source is not None:
+                kinds = [kind] if kind else KINDS
+                key_list += [keys.counts_source_key(p, b, k, source, x) for x in group for k in kinds]
+            elif kind is not None:
+                key_list += [keys.counts_kind_key(p, b, kind, x) for x in group]
+            else:
+                key_list += [keys.counts_all_key(p, b, x) for x in group]
+            sizes.append(len(key_list) - before)
+        flat = [int(v) for v in self._read_script(keys=key_list, args=sizes)]
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
     def window(
         self,
         window_s: int,
@@ -268,51 +338,87 @@ class CountStore:
         source without kind sums that source over both kinds. A window longer than the retention is an error
         rather than a silently partial answer.
         """
-        if window_s <= 0:
-            raise ValueError(f"window must be positive, got {window_s}")
-        if window_s > self.retention_s:
-            raise ValueError(f"window of {window_s}s is longer than the retention of {self.retention_s}s")
-        if kind is not None and kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self._check_window(window_s, kind)
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        buckets = window_buckets(now, window_s, self.bucket_s)
-        p, b = self.prefix, self.bucket_s
-        if source is not None:
-            series = [
-                keys.counts_source_key(p, b, k, source, x)
-                for k in ([kind] if kind else KINDS)
-                for x in buckets
-            ]
-        elif kind is not None:
-            series = [keys.counts_kind_key(p, b, kind, x) for x in buckets]
-        else:
-            series = [keys.counts_all_key(p, b, x) for x in buckets]
-        pipe = self.client.pipeline(transaction=False)
-        for key in series:
-            pipe.hmget(key, LABELS)
-        totals = dict.fromkeys(LABELS, 0)
-        for row in pipe.execute():
-            for label, value in zip(LABELS, row, strict=True):
-                if value is not None:
-                    totals[label] += int(value)
+        (row,) = self._sum_counts([window_buckets(now, window_s, self.bucket_s)], kind, source)
+        totals = dict(zip(LABELS, row, strict=True))
         return {"window_s": window_s, **totals, "total": sum(totals.values())}
 
+    def series(
+        self,
+        window_s: int,
+        step_s: int,
+        *,
+        kind: str | None = None,
+        source: str | None = None,
+        now_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """The buckets of window() grouped into steps of step_s (a multiple of bucket_s), oldest first.
+
+        {"window_s", "step_s", "points": [{"start" (epoch s), "negative", "neutral", "positive", "total"}],
+        "negative", "neutral", "positive", "total"}: the totals equal window() over the same window.
+        """
+        self._check_window(window_s, kind)
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        steps = series_steps(now, window_s, step_s, self.bucket_s)
+        rows = self._sum_counts([bs for _, bs in steps], kind, source)
+        points = []
+        totals = dict.fromkeys(LABELS, 0)
+        for (start, _), (neg, neu, pos) in zip(steps, rows, strict=True):
+            points.append(
+                {"start": start, "negative": neg, "neutral": neu, "positive": pos, "total": neg + neu + pos}
+            )
+            totals["negative"] += neg
+            totals["neutral"] += neu
+            totals["positive"] += pos
+        return {
+            "window_s": window_s,
+            "step_s": step_s,
+            "points": points,
+            **totals,
+            "total": sum(totals.values()),
+        }
+
     def mood(self, conversation_id: str) -> dict[str, Any] | None:
-        """{"conversation_id", "score" (EWMA, see module doc), "label" (latest), "n", "counts",
-        "recent" (labels, newest first, at most mood_size), "updated_ms"}; None if unknown or expired."""
+        """{"conversation_id", "label" (the mood, from the score; see MOOD_THRESHOLD), "last_label" (the
+        latest message's), "score" (EWMA, see module doc), "n", "counts", "recent" (labels, newest first, at
+        most mood_size), "updated_ms"}; None if unknown or expired."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(keys.mood_key(self.prefix, conversation_id))
         pipe.lrange(keys.mood_recent_key(self.prefix, conversation_id), 0, self.mood_size - 1)
         raw, recent = pipe.execute()
-        if not raw:
-            return None
-        h = {_text(k): _text(v) for k, v in raw.items()}
-        return {
-            "conversation_id": conversation_id,
-            "score": float(h["score"]),
-            "label": h["label"],
-            "n": int(h["n"]),
-            "counts": {label: int(h.get(label, 0)) for label in LABELS},
-            "recent": [_text(x) for x in recent],
-            "updated_ms": int(h["updated_ms"]),
-        }
+        return _mood(conversation_id, raw, recent)
+
+    def recent_moods(self, limit: int) -> list[dict[str, Any]]:
+        """The moods of the most recently updated conversations (at most limit, newest first)."""
+        if not 1 <= limit <= MOOD_INDEX_SIZE:
+            raise ValueError(f"limit must be in 1..{MOOD_INDEX_SIZE}, got {limit}")
+        members = self.client.zrevrange(keys.mood_index_key(self.prefix), 0, limit - 1)
+        ids = [_text(x) for x in members if isinstance(x, bytes | str)]  # no WITHSCORES: plain members
+        pipe = self.client.pipeline(transaction=True)
+        for conversation_id in ids:
+            pipe.hgetall(keys.mood_key(self.prefix, conversation_id))
+            pipe.lrange(keys.mood_recent_key(self.prefix, conversation_id), 0, self.mood_size - 1)
+        rows = pipe.execute() if ids else []
+        moods = (_mood(c, rows[2 * i], rows[2 * i + 1]) for i, c in enumerate(ids))
+        return [m for m in moods if m is not None]  # an expired hash can outlive its index entry briefly
+
+
+def _mood(conversation_id: str, raw: Mapping[Any, Any], recent: Sequence[Any]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    h = {_text(k): _text(v) for k, v in raw.items()}
+    score = float(h["score"])
+    labels = [_text(x) for x in recent]
+    # Derived rather than read, so that a hash written before last_label existed (its "label" was the latest
+    # message's), or by an old worker during a rolling upgrade, reads right too; counts.lua rewrites both.
+    return {
+        "conversation_id": conversation_id,
+        "label": mood_label(score),
+        "last_label": labels[0] if labels else h.get("last_label", h["label"]),
+        "score": score,
+        "n": int(h["n"]),
+        "counts": {lab: int(h.get(lab, 0)) for lab in LABELS},
+        "recent": labels,
+        "updated_ms": int(h["updated_ms"]),
+    }

@@ -84,7 +84,7 @@ def parse_watermark_field(field: str) -> tuple[str, int]:
 
 
 def mood_key(prefix: str, conversation_id: str) -> str:
-    """Hash: n, score, label, negative, neutral, positive, updated_ms of one conversation."""
+    """Hash: n, score, label (from the score), last_label, negative, neutral, positive, updated_ms."""
     return f"{tag(prefix)}:mood:{escape_part(conversation_id)}"
 
 
@@ -93,6 +93,20 @@ def mood_recent_key(prefix: str, conversation_id: str) -> str:
     return f"{mood_key(prefix, conversation_id)}:recent"
 
 
+def mood_index_key(prefix: str) -> str:
+    """Sorted set: conversation id (as is, not escaped: a member, not a key) -> updated_ms of its mood.
+
+    "moods" cannot clash with a conversation's own keys, which all start with "mood:".
+    """
+    return f"{tag(prefix)}:moods"
+
+
 def mood_channel(prefix: str) -> str:
     """Pub/sub channel: one JSON message per conversation updated by a batch."""
     return f"{tag(prefix)}:mood-updates"
+
+
+def model_channel(prefix: str) -> str:
+    """Pub/sub channel the learner publishes a promoted version on (sentiment-train learn): a hint that
+    makes workers look at their registry alias at once instead of at their next poll."""
+    return f"{tag(prefix)}:model-promoted"

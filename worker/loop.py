@@ -49,6 +49,13 @@ classified by exactly one version and its results name it: a batch already being
 old model, the batch being built is tokenized again with the new one's tokenizer, and the old model is freed
 once nothing uses it.
 
+Until idle (``run(until_idle_s=...)``, for backfills and tests): the loop stops when nothing was polled for
+that long AND the whole group is done: the committed offsets reached the end offsets on every partition of the
+input topics, not only on those assigned here (``group``, read with the admin client). A member that died
+holds its partitions until its session timeout, and a live one may be slow, so while the group has lag the
+loop keeps waiting (and takes those partitions when they come), logs so every few seconds, and gives up with
+GroupNotDone only after ``until_idle_max_s`` without the group's lag going down.
+
 Redis data loss (both guarantees): after each new assignment the loop compares each partition's Redis
 watermark with Kafka's committed offset. A watermark behind the commit (Redis flushed or restored from an
 older snapshot) makes the loop seek that partition back to the watermark (the earliest offset when there is
@@ -113,6 +120,16 @@ class Offsets(Protocol):
     def take_assigned(self) -> set[tuple[str, int]]: ...
     def committed(self, partitions: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
     def beginning(self, partitions: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+
+
+class GroupProgress(Protocol):
+    """How far the whole consumer group is (worker.consume.KafkaSource)."""
+
+    def group_lag(self) -> dict[tuple[str, int], int]: ...
+
+
+class GroupNotDone(Exception):
+    """--until-idle gave up: other members still hold partitions with lag; the message is one line."""
 
 
 class FatalError(Exception):
@@ -251,6 +268,51 @@ def replay_plan(
     return plan
 
 
+def group_lag(
+    end: Mapping[tuple[str, int], int],
+    committed: Mapping[tuple[str, int], int],
+    beginning: Mapping[tuple[str, int], int],
+    positions: Mapping[tuple[str, int], int],
+) -> dict[tuple[str, int], int]:
+    """Partitions whose records are not all done -> how many are left (end offset - done offset).
+
+    Done: the group's committed offset, else the earliest offset still in Kafka (nothing committed yet), or
+    for a partition assigned here this consumer's position when that is further (records that only a
+    transaction marker follows are done though the commit stops before the marker).
+    """
+    out: dict[tuple[str, int], int] = {}
+    for tp, e in end.items():
+        done = max(committed.get(tp, beginning.get(tp, 0)), positions.get(tp, 0))
+        if e > done:
+            out[tp] = e - done
+    return out
+
+
+def describe_lag(lag: Mapping[tuple[str, int], int], limit: int = 6) -> str:
+    """'1757 records on 4 partition(s) (reviews:0 512, ...)', for one-line messages."""
+    parts = [f"{t}:{p} {n}" for (t, p), n in sorted(lag.items())]
+    shown = ", ".join(parts[:limit]) + (f", +{len(parts) - limit} more" if len(parts) > limit else "")
+    return f"{sum(lag.values())} records on {len(lag)} partition(s) ({shown})"
+
+
+# How often an idle loop asks the group how far it is, and how often it says that it waits.
+GROUP_CHECK_S = 1.0
+GROUP_WAIT_LOG_S = 5.0
+
+
+@dataclass(slots=True)
+class _IdleWait:
+    """The group's lag while this member is idle but the group is not done."""
+
+    activity: float  # the loop's last activity when the wait began; new activity ends the wait
+    since: float  # when the lag last went down (the give-up bound counts from here)
+    least: int | None = None  # the smallest total lag seen
+    checked: float = -math.inf
+    logged: float = -math.inf
+    lag: dict[tuple[str, int], int] | None = None
+    failing: bool = False  # the last check could not read the offsets
+
+
 def commit_offsets(
     offsets: Mapping[tuple[str, int], int], replay_until: Mapping[tuple[str, int], int]
 ) -> dict[tuple[str, int], int]:
@@ -273,6 +335,7 @@ class Loop:
         watermarks: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         overlap: bool = True,
         models: Models | None = None,
+        group: GroupProgress | None = None,
         hook: Callable[[str], None] = _no_hook,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -291,6 +354,8 @@ class Loop:
         self._too_large: set[tuple[str, int, int]] = set()
         self.overlap = overlap  # False: classify on the loop's thread, one batch after the other
         self.models = models  # None: the model never changes
+        self.group = group  # None: until-idle looks at this member only (in-memory tests)
+        self._idle_wait: _IdleWait | None = None
         self._flight: _Flight | None = None
         self._building: list[Item] = []  # the batch being polled for
         self._tokens = 0  # its tokens
@@ -556,18 +621,64 @@ class Loop:
 
     # --------------------------------------------------------------------------------------------- run
 
-    def run(self, *, until_idle_s: float | None = None) -> bool:
-        """Process batches until stop is requested, or with until_idle_s until no record came for that long.
+    def run(self, *, until_idle_s: float | None = None, until_idle_max_s: float = 120.0) -> bool:
+        """Process batches until stop is requested, or with until_idle_s until no record came for that long
+        and the group is done (see the module's notes; GroupNotDone after until_idle_max_s without progress).
 
         Returns False if the last batch failed (it stays uncommitted), else True.
         """
         executor = ThreadPoolExecutor(1, thread_name_prefix="classify") if self.overlap else _Inline()
         try:
-            return self._run(executor, until_idle_s)
+            return self._run(executor, until_idle_s, until_idle_max_s)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, executor: Executor, until_idle_s: float | None) -> bool:
+    def _group_done(self, now: float, last_activity: float, max_s: float) -> bool:
+        """Idle here: is the whole group done? Raises GroupNotDone once it made no progress for max_s."""
+        if self.group is None:
+            return True
+        wait = self._idle_wait
+        if wait is None or wait.activity != last_activity:
+            wait = self._idle_wait = _IdleWait(activity=last_activity, since=now)
+        if now - wait.checked >= GROUP_CHECK_S:
+            wait.checked = now
+            try:
+                wait.lag, wait.failing = self.group.group_lag(), False
+            except Exception as exc:  # Kafka unreachable: not known to be done, so keep waiting
+                if not wait.failing:  # once per outage, not every second
+                    log.warning(
+                        "cannot read the group's offsets; still waiting", extra={"error": type(exc).__name__}
+                    )
+                wait.lag, wait.failing = None, True
+            if wait.lag is not None:
+                if not wait.lag:
+                    return True
+                total = sum(wait.lag.values())
+                if wait.least is None or total < wait.least:
+                    wait.least, wait.since = total, now
+        if now - wait.since >= max_s:
+            what = (
+                "could not read the group's offsets"
+                if wait.lag is None
+                else f"the group still has {describe_lag(wait.lag)} held by other members"
+            )
+            raise GroupNotDone(
+                f"--until-idle: idle here, but {what}, with no progress for {max_s:g}s (--until-idle-max); "
+                "the work is not done"
+            )
+        if now - wait.logged >= GROUP_WAIT_LOG_S:
+            wait.logged = now
+            log.info(
+                "idle here, but the group is not done; waiting for the partitions other members hold",
+                extra={
+                    "lag": None if wait.lag is None else sum(wait.lag.values()),
+                    "partitions": None if wait.lag is None else sorted(f"{t}:{p}" for t, p in wait.lag),
+                    "gives_up_in_s": round(max_s - (now - wait.since), 1),
+                },
+            )
+        return False
+
+    def _run(self, executor: Executor, until_idle_s: float | None, until_idle_max_s: float) -> bool:
         last_activity = last_report = last_lag = self.clock()
         failures = 0
         reported = 0
@@ -614,7 +725,12 @@ class Loop:
                 log.info("progress", extra={"processed": self.processed})
                 last_report, reported = now, self.processed
             idle = self._flight is None and not self._building
-            if until_idle_s is not None and idle and now - last_activity >= until_idle_s:
+            if (
+                until_idle_s is not None
+                and idle
+                and now - last_activity >= until_idle_s
+                and self._group_done(now, last_activity, until_idle_max_s)
+            ):
                 log.info("idle, stopping", extra={"idle_s": until_idle_s, "processed": self.processed})
                 return True
 

@@ -130,6 +130,9 @@ class Scores:
 class ModelRef(BaseModel):
     name: str = Field(description="the model folder's base name")
     version: str = Field(description="first 12 hex digits of the sha256 of the folder's *.safetensors files")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        description="the number format the label was computed in (SENTIMENT_PRECISION, auto resolved)"
+    )
 
 
 class InputRef(BaseModel):

@@ -79,7 +79,7 @@ def result_fields(
         "kind": message.kind,
         "label": scores.label,
         "scores": {"negative": scores.negative, "neutral": scores.neutral, "positive": scores.positive},
-        "model": {"name": model.name, "version": model.version},
+        "model": {"name": model.name, "version": model.version, "precision": model.precision},
         "input": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
         "created_at": rfc3339_ms(event_ms(message, record, now_ms)),
         "processed_at": rfc3339_ms(now_ms),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.errors import (
@@ -29,6 +30,39 @@ _FATAL = (
     UnsupportedForMessageFormatError,
 )
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+T = TypeVar("T")
+
+
+def bounded(call: Callable[[], T], timeout_s: float, what: str) -> T:
+    """call() on a daemon thread, waiting at most timeout_s; FatalError when it has not returned by then.
+
+    kafka-python's commit_transaction, abort_transaction and send_offsets_to_transaction wait for the
+    broker's answer without a timeout, and after a broker restart that answer can be lost: the fault suite
+    saw a worker hang for minutes (F5). A producer whose transaction call never returned is in an unknown
+    state, so the only safe way on is a restart: init_transactions then aborts whatever it left open. The
+    thread is a daemon, so a call stuck for good does not keep the process from exiting.
+    """
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"kafka-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise FatalError(
+            f"Kafka {what} did not finish within {timeout_s:g}s (SENTIMENT_TRANSACTION_CALL_TIMEOUT_S); "
+            "exiting so that a restart aborts the open transaction and resumes from the committed offsets"
+        )
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 class PublishError(Exception):
@@ -54,10 +88,14 @@ class KafkaSink:
         kafka_args: Mapping[str, Any],
         transactional_id: str | None = None,
         group_metadata: Callable[[], Any] | None = None,
+        call_timeout_s: float = 30.0,
+        make_producer: Callable[..., Any] = KafkaProducer,
     ) -> None:
         if (transactional_id is None) != (group_metadata is None):
             raise ValueError("transactional_id and group_metadata go together")
         self.flush_timeout_s = 60.0
+        self.call_timeout_s = call_timeout_s  # each transaction call that waits for the broker
+        self._make_producer = make_producer  # tests pass a fake
         self.group_metadata = group_metadata
         self._transactional = transactional_id is not None
         self._in_transaction = False
@@ -78,8 +116,8 @@ class KafkaSink:
         )
         self.producer = self._new_producer()
 
-    def _new_producer(self) -> KafkaProducer:
-        producer = KafkaProducer(**self._config)
+    def _new_producer(self) -> Any:
+        producer = self._make_producer(**self._config)
         if self._transactional:
             self._guard(producer.init_transactions)
         return producer
@@ -133,20 +171,26 @@ class KafkaSink:
             tx_offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
             metadata = self.group_metadata()
             try:
-                self._guard(lambda: self.producer.send_offsets_to_transaction(tx_offsets, metadata))
+                self._guard(
+                    lambda: self.producer.send_offsets_to_transaction(tx_offsets, metadata),
+                    "send_offsets_to_transaction",
+                )
             except CommitFailedError as exc:  # KIP-447: the group moved on; this zombie must abort
                 raise PartitionsLost(str(exc)) from exc
-        self._guard(self.producer.commit_transaction)
+        self._guard(self.producer.commit_transaction, "commit_transaction")
         self._in_transaction = False
 
     def abort(self) -> None:
         if self._in_transaction:  # not after _renew: that transaction is gone with its producer
-            self._guard(self.producer.abort_transaction)
+            self._guard(self.producer.abort_transaction, "abort_transaction")
             self._in_transaction = False
 
-    def _guard(self, call: Callable[[], Any]) -> Any:
-        """Run a producer call, turning Kafka's fatal producer errors into FatalError."""
+    def _guard(self, call: Callable[[], Any], bound: str | None = None) -> Any:
+        """Run a producer call, turning Kafka's fatal producer errors into FatalError; with ``bound`` (the
+        call's name) it may wait at most call_timeout_s (see bounded)."""
         try:
+            if bound is not None:
+                return bounded(call, self.call_timeout_s, bound)
             return call()
         except _FATAL as exc:
             raise FatalError(f"Kafka producer failed fatally: {type(exc).__name__}: {exc}") from exc

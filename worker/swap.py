@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from worker.loop import Model
 from worker.metrics import Metrics
@@ -122,6 +123,24 @@ class Swapper:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="model-swap", daemon=True)
         self._thread.start()
+
+    def listen(self, client: Any, channel: str) -> None:
+        """Wake on each message of a Redis pub/sub channel. Only a hint: pub/sub drops messages while a
+        subscriber is away, so the timer goes on regardless."""
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(channel)
+                    while not self._stop.is_set():
+                        if pubsub.get_message(timeout=1.0) is not None:
+                            self.wake()
+                except Exception as exc:  # Redis away: the poll still runs; try again later
+                    log.debug("model hint channel unavailable", extra={"error": type(exc).__name__})
+                    self._stop.wait(5)
+
+        threading.Thread(target=run, name="model-hint", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()

@@ -57,9 +57,12 @@ def test_quick_bench_runs_end_to_end_and_writes_outputs(
     phases += results["paced"]
     assert phases and all(p["missing"] == 0 and p["msg_s"] > 0 and p["p99_ms"] >= p["p50_ms"] for p in phases)
     assert {t["name"] for t in results["targets"]} >= {
-        "end-to-end / model (same batch settings)",
+        "end-to-end / model alone at its best batch and precision",
         "end-to-end / baseline consumer",
+        "end-to-end / model alone at its best batch and precision, long reviews in the mix",
     }
+    assert results["reference"]["batch"] in (8, 32) and results["reference"]["precision"] in ("fp32", "int8")
+    assert results["long_rounds"] and all(r["worker"]["missing"] == 0 for r in results["long_rounds"])
     assert {r["variant"] for r in results["inference"]} >= {"fp32", "int8"}
 
 

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker import keys
-from worker.counts import CountStore, Tally, pack_apply
+from worker.counts import MOOD_INDEX_SIZE, CountStore, Tally, mood_label, pack_apply
 
 NOW_MS = time.time_ns() // 1_000_000
 MINUTE_MS = 60_000
@@ -191,7 +191,10 @@ def test_mood_and_pubsub(store: CountStore, client: redis.Redis) -> None:
     alpha = 2 / (3 + 1)
     score_c1 = 0.8 + alpha * (-0.6 - 0.8)
     assert published.keys() == {"c:1", "c2"}
-    assert published["c:1"]["label"] == "negative"
+    # 0.8 then -0.6: the mood is still 0.1 (neutral) although the latest message was negative.
+    assert published["c:1"]["label"] == "neutral"
+    assert published["c:1"]["last_label"] == "negative"
+    assert published["c2"]["label"] == "neutral"
     assert published["c:1"]["n"] == 2
     assert published["c:1"]["score"] == pytest.approx(score_c1)
     assert published["c2"]["score"] == pytest.approx(0.1)
@@ -199,6 +202,7 @@ def test_mood_and_pubsub(store: CountStore, client: redis.Redis) -> None:
     mood = store.mood("c:1")
     assert mood is not None
     assert mood["score"] == pytest.approx(score_c1)
+    assert (mood["label"], mood["last_label"]) == ("neutral", "negative")
     assert mood["n"] == 2
     assert mood["counts"] == {"negative": 1, "neutral": 0, "positive": 1}
     assert mood["recent"] == ["negative", "positive"]
@@ -224,6 +228,128 @@ def test_mood_and_pubsub(store: CountStore, client: redis.Redis) -> None:
     assert pubsub.get_message(timeout=0.2) is None
     assert store.mood("nobody") is None
     pubsub.close()
+
+
+def test_mood_label_follows_the_score_not_the_latest_message(store: CountStore) -> None:
+    # mood_size 3 (alpha 0.5): three negative messages, then a cheerful one.
+    negative = [tally(i, conversation_id="c", label="negative", score=-0.9) for i in range(3)]
+    store.apply([*negative, tally(3, conversation_id="c", label="positive", score=0.9)], {("in", 0): 4})
+    mood = store.mood("c")
+    assert mood is not None
+    assert mood["score"] == pytest.approx(0.0)
+    assert (mood["label"], mood["last_label"]) == ("neutral", "positive")
+    store.apply([tally(4, conversation_id="c", label="negative", score=-0.8)], {("in", 0): 5})
+    mood = store.mood("c")
+    assert mood is not None
+    assert (mood["label"], mood["last_label"]) == ("negative", "negative") == (mood_label(-0.4), "negative")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_old_mood_hash_reads_correctly_and_is_converted_by_the_next_write(
+    store: CountStore, client: redis.Redis
+) -> None:
+    # A hash written before last_label existed: "label" held the latest message's label.
+    key = keys.mood_key("sentiment", "old")
+    client.hset(
+        key,
+        mapping={
+            "n": 7,
+            "score": "-0.72",
+            "label": "positive",
+            "negative": 5,
+            "neutral": 1,
+            "positive": 1,
+            "updated_ms": NOW_MS - 1000,
+        },
+    )
+    client.lpush(keys.mood_recent_key("sentiment", "old"), "negative", "positive")
+    mood = store.mood("old")
+    assert mood is not None
+    assert (mood["label"], mood["last_label"], mood["n"]) == ("negative", "positive", 7)
+    assert mood["counts"] == {"negative": 5, "neutral": 1, "positive": 1}
+
+    store.apply([tally(0, conversation_id="old", label="neutral", score=0.0)], {("in", 0): 1})
+    raw = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+    alpha = 2 / (3 + 1)
+    assert float(raw["score"]) == pytest.approx(-0.72 * (1 - alpha))
+    assert (raw["label"], raw["last_label"], raw["n"]) == ("negative", "neutral", "8")
+    assert (raw["negative"], raw["neutral"], raw["positive"]) == ("5", "2", "1")
+    assert store.mood("old") == {
+        "conversation_id": "old",
+        "label": "negative",
+        "last_label": "neutral",
+        "score": pytest.approx(-0.36),
+        "n": 8,
+        "counts": {"negative": 5, "neutral": 2, "positive": 1},
+        "recent": ["neutral", "positive", "negative"],
+        "updated_ms": int(raw["updated_ms"]),
+    }
+
+    # An old worker still running during a rolling upgrade writes "label" = its latest label and leaves
+    # last_label alone: the reads stay right, because they derive both.
+    client.hset(key, "label", "positive")
+    client.lpush(keys.mood_recent_key("sentiment", "old"), "positive")
+    mood = store.mood("old")
+    assert mood is not None and (mood["label"], mood["last_label"]) == ("negative", "positive")
+
+
+def test_recent_moods_newest_first_and_bounded(store: CountStore, client: redis.Redis) -> None:
+    assert store.recent_moods(10) == []
+    store.apply([tally(0, conversation_id="a"), tally(1, conversation_id="b")], {("in", 0): 2})
+    time.sleep(0.005)  # updated_ms orders the index
+    store.apply([tally(2, conversation_id="c", score=-0.9, label="negative")], {("in", 0): 3})
+    recent = store.recent_moods(10)
+    assert recent[0]["conversation_id"] == "c"
+    assert {m["conversation_id"] for m in recent} == {"a", "b", "c"}
+    assert recent[0] == store.mood("c")
+    assert len(store.recent_moods(2)) == 2
+    # A conversation whose hash expired is left out even while the index still names it.
+    client.delete(keys.mood_key("sentiment", "c"))
+    assert [m["conversation_id"] for m in store.recent_moods(10)] != ["c"]
+    assert "c" not in {m["conversation_id"] for m in store.recent_moods(10)}
+    assert 3_600_000 - 5_000 < client.pttl(keys.mood_index_key("sentiment")) <= 3_600_000
+    with pytest.raises(ValueError, match="limit"):
+        store.recent_moods(MOOD_INDEX_SIZE + 1)
+
+
+def test_mood_index_keeps_only_the_newest(client: redis.Redis) -> None:
+    store = CountStore(client, bucket_s=60, retention_s=3600, mood_size=3)
+    n = MOOD_INDEX_SIZE + 5
+    store.apply([tally(i, conversation_id=f"c{i}") for i in range(n)], {("in", 0): n})
+    assert client.zcard(keys.mood_index_key("sentiment")) == MOOD_INDEX_SIZE
+
+
+def test_series_steps_sum_to_the_window(store: CountStore) -> None:
+    base = NOW_MS // MINUTE_MS * MINUTE_MS
+    batch = [
+        tally(0, ts_ms=base + 5, label="positive"),
+        tally(1, ts_ms=base - 1, label="negative"),
+        tally(2, ts_ms=base - 1, label="negative", kind="social_post", source="x"),
+        tally(3, ts_ms=base - 10 * MINUTE_MS, label="neutral"),
+        tally(4, ts_ms=base - 40 * MINUTE_MS, label="neutral"),  # outside a 30 min window
+    ]
+    store.apply(batch, {("in", 0): 5})
+    now = base + 5_000
+    s = store.series(1800, 60, now_ms=now)
+    w = store.window(1800, now_ms=now)
+    assert {k: s[k] for k in w if k != "window_s"} == {k: v for k, v in w.items() if k != "window_s"}
+    assert len(s["points"]) == 31
+    assert [p["start"] for p in s["points"]] == list(range(base // 1000 - 1800, base // 1000 + 1, 60))
+    last, before = s["points"][-1], s["points"][-2]
+    assert (last["positive"], last["total"]) == (1, 1)
+    assert (before["negative"], before["total"]) == (2, 2)
+    assert s["points"][-11]["neutral"] == 1
+    assert sum(p["total"] for p in s["points"]) == 4
+
+    five = store.series(1800, 300, now_ms=now)
+    assert five["total"] == 4 and all(p["start"] % 300 == 0 for p in five["points"])
+    assert store.series(1800, 60, kind="social_post", now_ms=now)["total"] == 1
+    assert store.series(1800, 60, source="yelp", now_ms=now)["total"] == 3
+    with pytest.raises(ValueError, match="multiple"):
+        store.series(1800, 90, now_ms=now)
 
 
 def test_redis_failure_raises_and_loses_nothing(store: CountStore, redis_clean_url: str) -> None:

@@ -27,6 +27,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+from worker import keys
 from worker.classifier import save_random_classifier
 from worker.counts import CountStore, Tally
 from worker.pytest_plugin import read_env_file, unavailable
@@ -339,6 +340,12 @@ def test_redis_acl_lets_the_worker_count_and_read_and_refuses_everything_else(se
         assert store.window(3600, kind="social_post")["positive"] >= 1
         mood = store.mood("c1")
         assert mood is not None and mood["label"] == "positive"
+        # What `sentiment-worker serve` reads: the recent moods and the mood-updates channel.
+        assert store.recent_moods(5)[0]["conversation_id"] == "c1"
+        pubsub = client.pubsub()
+        pubsub.subscribe(keys.mood_channel("sentiment"))
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        pubsub.close()
         for command in (
             ("FLUSHDB",),
             ("KEYS", "*"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.integration.helpers import (
     ROOT,
@@ -31,7 +32,7 @@ from tests.integration.helpers import (
     worker_env,
 )
 from trainer.registry import Registry
-from worker.keys import H_MODEL
+from worker.keys import H_MODEL, model_channel
 
 POLL_S = "0.2"
 
@@ -93,9 +94,9 @@ def start(kafka_bootstrap: str, redis_clean_url: str, topics: Topics, tmp_path: 
     running: list[Running] = []
 
     def make(reg: Registry, **extra: str) -> Running:
-        env = worker_env(kafka_bootstrap, redis_clean_url, Path("/nonexistent"), topics, **extra)
+        env = worker_env(kafka_bootstrap, redis_clean_url, Path("/nonexistent"), topics)
         del env["SENTIMENT_MODEL_DIR"]
-        env.update(SENTIMENT_MODEL_REGISTRY=str(reg.root), SENTIMENT_MODEL_POLL_S=POLL_S)
+        env.update({"SENTIMENT_MODEL_REGISTRY": str(reg.root), "SENTIMENT_MODEL_POLL_S": POLL_S, **extra})
         w = Running(env, tmp_path / f"worker{len(running)}.log")
         running.append(w)
         w.wait_for('"partitions assigned", "partitions": ["')
@@ -256,3 +257,19 @@ def _free_port() -> int:
 def _ready(port: int) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
         return bool(r.status == 200)
+
+
+def test_a_promotion_hint_on_redis_wakes_the_worker_long_before_its_poll(
+    redis_clean_url: str, registry: tuple[Registry, str, str], start: Any
+) -> None:
+    reg, _, b = registry
+    w = start(reg, SENTIMENT_MODEL_POLL_S="3600")
+    time.sleep(1)  # the watcher has made its first check and now sleeps for an hour
+    reg.promote(b)
+    client = redis.Redis.from_url(redis_clean_url)
+    deadline = time.monotonic() + 30
+    while '"model swapped"' not in w.log():  # the subscriber may not be listening yet: publish until heard
+        assert time.monotonic() < deadline, w.log()[-1500:]
+        client.publish(model_channel("sentiment"), b)
+        time.sleep(0.5)
+    assert w.stop() == 0

@@ -97,6 +97,23 @@ def test_export_layout(trained: tuple[Path, dict[str, Any]]) -> None:
     assert "macro recall" in (out / "README.md").read_text()
 
 
+def test_export_records_bf16_against_fp32_for_the_workers_auto(trained: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = trained
+    bf16 = json.loads((out / "precision.json").read_text())["bf16"]
+    [measured] = bf16["sets"]
+    assert measured["n"] == 200
+    assert (
+        bf16["macro_recall_loss_points"]
+        == measured["macro_recall_loss_points"]
+        == pytest.approx(100 * (measured["fp32_macro_recall"] - measured["bf16_macro_recall"]), abs=1e-3)
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    # fp32 here is the exported model as the worker loads it: the validation figures of the export itself
+    assert measured["fp32_macro_recall"] == pytest.approx(metrics["validation"]["macro_recall"], abs=0.02)
+    assert metrics["bf16_macro_recall_loss_points"] == bf16["macro_recall_loss_points"]
+    assert "bf16 weights on the CPU (`precision.json`)" in (out / "README.md").read_text()
+
+
 def test_loads_with_plain_transformers_and_no_peft(trained: tuple[Path, dict[str, Any]]) -> None:
     out, _ = trained
     # sys.modules["peft"] = None makes `import peft` fail and transformers see peft as not installed.

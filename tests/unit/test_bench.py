@@ -110,7 +110,7 @@ def test_targets_compare_each_figure_with_its_goal() -> None:
 def test_a_nan_figure_never_meets_its_target() -> None:
     rows = stats.targets(
         e2e_vs_model=math.nan,
-        e2e_vs_baseline=3.0,
+        e2e_vs_baseline=4.5,
         p99_at_half_ms=math.nan,
         max_wait_ms=50,
         batch_inference_ms=1,
@@ -127,3 +127,29 @@ def test_recall_macro_averages_over_true_classes() -> None:
 def test_md_table_formats_numbers() -> None:
     table = stats.md_table(["a", "b"], [[1234.5678, math.nan], ["x", 3]], digits=1)
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1,234.6 | n/a |", "| x | 3 |"]
+
+
+def test_the_strongest_reference_is_the_fastest_precision_a_user_could_serve() -> None:
+    from bench.run import strongest_reference
+
+    rows = [
+        {"variant": "fp32", "batch": 1, "msg_s": 900.0},  # batch 1 is no batching at all: never the reference
+        {"variant": "fp32", "batch": 32, "msg_s": 250.0},
+        {"variant": "fp32", "batch": 64, "msg_s": 270.0},
+        {"variant": "int8", "batch": 32, "msg_s": 420.0},
+        {"variant": "bf16", "batch": 32, "msg_s": 560.0},
+        {"variant": "bf16 (auto)", "batch": 16, "msg_s": 600.0},
+    ]
+    variants = {"int8": {"recall_loss": 0.01}, "bf16": {"recall_loss": 0.0}}
+    best = strongest_reference(rows, variants, "bf16", trained=True)
+    assert (best["precision"], best["batch"], best["msg_s"]) == ("bf16", 16, 600.0)
+    # The worker runs fp32 here: bf16 still counts (no recall loss), int8 does not (1 point lost).
+    fp32_worker = strongest_reference(rows[:5], variants, "fp32", trained=True)
+    assert (fp32_worker["precision"], fp32_worker["batch"]) == ("bf16", 32)
+    assert fp32_worker["considered"] == ["bf16", "fp32"]
+    # An untrained head's recall means nothing: then only fp32 and the worker's own precision count.
+    assert strongest_reference(rows[:5], variants, "fp32", trained=False)["precision"] == "fp32"
+    assert (
+        strongest_reference(rows[:5], {"int8": {"recall_loss": 0.0}}, "fp32", trained=True)["precision"]
+        == "int8"
+    )

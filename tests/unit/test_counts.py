@@ -10,11 +10,15 @@ import pytest
 
 from worker import keys
 from worker.counts import (
+    MOOD_INDEX_SIZE,
+    MOOD_THRESHOLD,
     Tally,
     bucket_expire_at_ms,
     bucket_start,
+    mood_label,
     pack_apply,
     parse_window,
+    series_steps,
     window_buckets,
 )
 
@@ -194,6 +198,7 @@ def test_pack_apply_layout() -> None:
         f"{{sentiment}}:counts:60:source:review:yelp:{b - 60}",
         "{sentiment}:mood:c2",
         "{sentiment}:mood:c2:recent",
+        "{sentiment}:moods",
     ]
     assert p["wm"] == [["in:0", 7], ["in:1", 8], ["in:2", 3]]
     # Lua indexes are 1-based: KEYS[2] is the first bucket key.
@@ -210,6 +215,56 @@ def test_pack_apply_layout() -> None:
     }
     assert (p["ms"], p["ttl"], p["now"], p["ch"]) == (5, 3_600_000, NOW_MS, "{sentiment}:mood-updates")
     assert math.isclose(p["a"], 2 / 6)
+    assert (p["th"], p["mi"], p["mx"]) == (MOOD_THRESHOLD, 14, MOOD_INDEX_SIZE)
+
+
+def test_pack_apply_without_conversations_has_no_mood_index() -> None:
+    key_list, arg = pack([tally(0), tally(1)], {("in", 0): 2})
+    assert "{sentiment}:moods" not in key_list
+    assert json.loads(arg)["mi"] == 0
+
+
+@pytest.mark.parametrize(
+    ("score", "label"),
+    [
+        (-1.0, "negative"),
+        (-0.72, "negative"),
+        (-0.25, "negative"),
+        (-0.2499, "neutral"),
+        (0.0, "neutral"),
+        (0.2499, "neutral"),
+        (0.25, "positive"),
+        (1.0, "positive"),
+    ],
+)
+def test_mood_label_thresholds(score: float, label: str) -> None:
+    assert mood_label(score) == label
+
+
+def test_one_cheerful_reply_does_not_flip_a_negative_mood() -> None:
+    # The example: a conversation at -0.72 (mood_size 20), then one reply scored 0.9.
+    alpha = 2 / 21
+    score = -0.72 + alpha * (0.9 + 0.72)
+    assert mood_label(score) == "negative"
+
+
+def test_series_steps_group_buckets_at_step_multiples() -> None:
+    now = NOW_MS + 90_000  # 1.5 min into a 60 s bucket: the window (now - 5 min, now] touches 6 buckets
+    steps = series_steps(now, 300, 120, 60)
+    b = NOW_MS // 1000
+    assert [x for _, bs in steps for x in bs] == list(window_buckets(now, 300, 60))
+    assert all(start % 120 == 0 and all(start <= x < start + 120 for x in bs) for start, bs in steps)
+    assert steps[-1][1][-1] == b + 60
+    assert series_steps(now, 300, 60, 60) == [(x, [x]) for x in window_buckets(now, 300, 60)]
+
+
+@pytest.mark.parametrize(
+    ("window_s", "step_s", "message"),
+    [(300, 90, "multiple"), (300, 0, "multiple"), (300, 600, "longer than the window")],
+)
+def test_series_steps_rejects(window_s: int, step_s: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        series_steps(NOW_MS, window_s, step_s, 60)
 
 
 def test_pack_apply_tallies_sharing_a_bucket_share_its_keys() -> None:

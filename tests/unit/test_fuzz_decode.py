@@ -49,7 +49,7 @@ REASONS = {
     "invalid_unicode",
     "empty_text",
 }
-MODEL = ModelRef(name="fuzz", version="0")
+MODEL = ModelRef(name="fuzz", version="0", precision="fp32")
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -109,3 +109,12 @@ def test_defaults_are_the_default_recipe() -> None:
     assert (args.epochs, args.learning_rate, args.batch_size, args.max_length) == (1.0, None, 32, 96)
     assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.train_pooler) == (16, 32, 0.1, True)
     assert args.bf16 is None and args.full is False and args.weighted_loss is False
+
+
+def test_learn_bad_arguments_and_a_registry_without_champion_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = ["learn", "--registry", str(tmp_path), "--train", "t.jsonl", "--validation", "v.jsonl", "--once"]
+    expect_exit_2(capsys, [*base, "--feedback-share", "1.5"], "must be <= 0.9")
+    expect_exit_2(capsys, [*base, "--min-feedback", "0"], "must be >= 1")
+    expect_exit_2(capsys, base, "has no champion")

@@ -13,10 +13,14 @@ import torch
 from worker.classifier import (
     Classifier,
     ModelError,
+    bf16_loss_points,
     check_model_dir,
+    cpu_flags,
     is_out_of_memory,
     label_columns,
     pad_rows,
+    pick_precision,
+    read_evidence,
     resolve_precision,
     save_random_classifier,
     tokenizer_threads,
@@ -193,6 +197,78 @@ def test_precisions_that_cannot_run_get_one_line(device: str, precision: str, me
 
 def test_auto_precision_is_fp32_on_cpu() -> None:
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+CPU = torch.device("cpu")
+
+
+def _evidence(loss: object) -> dict[str, object]:
+    return {"bf16": {"macro_recall_loss_points": loss}}
+
+
+@pytest.mark.parametrize(
+    ("requested", "native", "evidence", "chosen", "why"),
+    [
+        ("auto", True, _evidence(0.0), "bf16", "AMX-BF16 present and bf16 cost 0.00 points"),
+        ("auto", True, _evidence(0.3), "bf16", "at most 0.3"),
+        ("auto", True, _evidence(-0.5), "bf16", "cost -0.50 points"),  # bf16 did better
+        ("auto", True, _evidence(0.31), "fp32", "more than 0.3"),
+        ("auto", True, None, "fp32", "no bf16 measurement (precision.json)"),
+        ("auto", True, {"bf16": {}}, "fp32", "no bf16 measurement"),
+        ("auto", True, _evidence("0.1"), "fp32", "no bf16 measurement"),
+        ("auto", True, _evidence(float("nan")), "fp32", "no bf16 measurement"),
+        ("auto", False, _evidence(0.0), "fp32", "no AMX-BF16 on this CPU"),
+        ("fp32", True, _evidence(0.0), "fp32", "SENTIMENT_PRECISION=fp32"),
+        ("bf16", False, None, "bf16", "SENTIMENT_PRECISION=bf16"),
+        ("int8", True, _evidence(0.0), "int8", "SENTIMENT_PRECISION=int8"),
+    ],
+)
+def test_auto_takes_bf16_on_cpu_only_with_amx_and_recorded_evidence(
+    requested: str, native: bool, evidence: dict[str, object] | None, chosen: str, why: str
+) -> None:
+    got, reason = pick_precision(requested, CPU, native=native, evidence=evidence)
+    assert got == chosen
+    assert why in reason and "\n" not in reason
+
+
+def test_cpu_flags_come_from_the_flags_line() -> None:
+    info = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu sse2 avx512_bf16 amx_bf16 amx_tile\n\n"
+    assert {"amx_bf16", "avx512_bf16", "fpu"} <= cpu_flags(info)
+    assert cpu_flags("processor: 0\n") == frozenset()
+
+
+def test_evidence_is_read_from_the_folder_and_a_bad_file_counts_as_none(tmp_path: Path) -> None:
+    assert read_evidence(tmp_path) is None
+    (tmp_path / "precision.json").write_text("{not json")
+    assert read_evidence(tmp_path) is None
+    (tmp_path / "precision.json").write_text(json.dumps(_evidence(0.1)))
+    assert bf16_loss_points(read_evidence(tmp_path)) == pytest.approx(0.1)
+
+
+def test_auto_is_decided_per_model_folder_and_named_in_the_model_ref(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.classifier as classifier
+
+    monkeypatch.setattr(classifier, "native_bf16", lambda: True)  # as on an AMX CPU
+    with_evidence = tmp_path / "measured"
+    shutil.copytree(tiny_dir, with_evidence)
+    (with_evidence / "precision.json").write_text(json.dumps(_evidence(0.12)))
+
+    def load(path: Path, precision: str = "auto") -> Classifier:
+        return Classifier(
+            path, device="cpu", max_length=32, max_rows=4, max_tokens=64, threads=1, precision=precision
+        )
+
+    measured, unmeasured, pinned = load(with_evidence), load(tiny_dir), load(with_evidence, "fp32")
+    assert (measured.precision, measured.model_ref.precision) == ("bf16", "bf16")
+    assert next(measured.model.parameters()).dtype == torch.bfloat16
+    assert "0.12 points" in measured.precision_reason
+    assert (unmeasured.precision, unmeasured.model_ref.precision) == ("fp32", "fp32")
+    assert (pinned.precision, pinned.model_ref.precision) == ("fp32", "fp32")
+    assert next(pinned.model.parameters()).dtype == torch.float32
+    # the precision does not change the version: the same weights
+    assert measured.model_ref.version == pinned.model_ref.version
 
 
 def test_out_of_memory_splits_the_pass_and_gives_a_text_too_big_alone_its_error(tiny_dir: Path) -> None:

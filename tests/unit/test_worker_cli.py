@@ -50,6 +50,9 @@ def one_line(stderr: str) -> str:
         (["run", "--until-idle", "x"], "expected seconds"),
         (["mood"], "conversation_id"),
         (["schema", "--bogus"], "unrecognized arguments"),
+        (["serve", "--port", "99999"], "expected a port number"),
+        (["serve", "--port", "http"], "expected a port number"),
+        (["serve", "--host"], "expected one argument"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], fragment: str) -> None:
@@ -74,3 +77,54 @@ def test_unreachable_redis_is_one_line_and_exit_1() -> None:
     line = one_line(out.stderr)
     assert f"cannot reach Redis at 127.0.0.1:{port}" in line
     assert "user:pw" not in line  # credentials stay out of the message
+
+
+def test_serve_defaults_to_loopback_port_8080() -> None:
+    from worker.__main__ import build_parser
+    from worker.config import Settings
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port) == (None, None)  # so the settings decide
+    fields = Settings.model_fields
+    assert (fields["api_host"].default, fields["api_port"].default, fields["api_token"].default) == (
+        "127.0.0.1",
+        8080,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"SENTIMENT_API_TOKEN": " "}, "SENTIMENT_API_TOKEN: must not be empty"),
+        ({"SENTIMENT_API_TOKEN_FILE": "/nonexistent/token"}, "SENTIMENT_API_TOKEN_FILE: cannot read"),
+        ({"SENTIMENT_API_PORT": "70000"}, "SENTIMENT_API_PORT"),
+    ],
+)
+def test_bad_api_settings_exit_2_with_one_line(env: dict[str, str], fragment: str) -> None:
+    out = cli("serve", **env)
+    assert out.returncode == 2
+    assert fragment in one_line(out.stderr)
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = cli("serve", "--port", str(port))
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in one_line(out.stderr)
+
+
+def test_serve_with_unreachable_redis_is_one_line_and_exit_1() -> None:
+    port = closed_port()
+    out = cli(
+        "serve",
+        "--port",
+        "0",
+        SENTIMENT_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        SENTIMENT_CONNECT_TIMEOUT_S="2",
+    )
+    assert out.returncode == 1
+    assert f"cannot reach Redis at 127.0.0.1:{port}" in one_line(out.stderr)

@@ -159,7 +159,7 @@ class FakeCounts:
 @dataclass
 class FakeModel:
     events: list[str]
-    model_ref: ModelRef = field(default_factory=lambda: ModelRef(name="fake", version="0"))
+    model_ref: ModelRef = field(default_factory=lambda: ModelRef(name="fake", version="0", precision="fp32"))
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [[101, len(t), 102] for t in texts]

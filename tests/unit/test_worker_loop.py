@@ -13,7 +13,17 @@ import pytest
 from worker.batching import Limits
 from worker.counts import Tally
 from worker.keys import H_DLQ_DETAIL, H_DLQ_REASON
-from worker.loop import Item, Loop, LoopConfig, PartitionsLost, fault_hook, overlap_pays
+from worker.loop import (
+    GroupNotDone,
+    Item,
+    Loop,
+    LoopConfig,
+    PartitionsLost,
+    describe_lag,
+    fault_hook,
+    group_lag,
+    overlap_pays,
+)
 from worker.messages import ModelRef, Record, Rejected, Scores
 from worker.output import DeadLettersTooLarge, OutRecord
 
@@ -133,7 +143,7 @@ class FakeModel:
     """Label by keyword, one token per word (+2 special tokens)."""
 
     events: list[str]
-    model_ref: ModelRef = field(default_factory=lambda: ModelRef(name="fake", version="0"))
+    model_ref: ModelRef = field(default_factory=lambda: ModelRef(name="fake", version="0", precision="fp32"))
     batches: list[int] = field(default_factory=list)
     first: int = 101  # the token this model's tokenizer starts each text with
     firsts: set[int] = field(default_factory=set)  # first tokens of the rows it was asked to classify
@@ -659,7 +669,7 @@ class FakeModels:
 @pytest.mark.parametrize("overlap", [False, True])
 def test_a_swapped_model_classifies_whole_batches_and_its_results_name_it(overlap: bool) -> None:
     h = make_loop(max_records=4, overlap=overlap)
-    new = FakeModel(h.events, ModelRef(name="fake", version="1"), first=201)
+    new = FakeModel(h.events, ModelRef(name="fake", version="1", precision="fp32"), first=201)
     h.loop.models = FakeModels(new, at=3)
     for p in range(2):
         h.source.add("reviews", p, [review(i + 10 * p, "good" if i % 2 else "bad") for i in range(10)])
@@ -677,7 +687,7 @@ def test_a_swapped_model_classifies_whole_batches_and_its_results_name_it(overla
 
 def test_the_batch_being_built_at_a_swap_is_tokenized_again_by_the_new_model() -> None:
     h = make_loop(max_records=8, max_wait_s=0.5)
-    new = FakeModel(h.events, ModelRef(name="fake", version="1"), first=201)
+    new = FakeModel(h.events, ModelRef(name="fake", version="1", precision="fp32"), first=201)
     h.loop.models = FakeModels(new, at=2)  # after the first poll, while the batch waits for company
     h.source.add("reviews", 0, [review(0), review(1, "bad"), b"{broken"])
     assert h.loop.run(until_idle_s=1)
@@ -688,3 +698,103 @@ def test_the_batch_being_built_at_a_swap_is_tokenized_again_by_the_new_model() -
         ("r1", "negative", "1"),
     ]
     assert len(h.sink.on("dlq")) == 1 and h.source.committed == {("reviews", 0): 3}
+
+
+# ------------------------------------------------------------------------------- until idle: the group
+
+
+def test_group_lag_counts_from_the_commit_else_the_beginning_and_own_positions() -> None:
+    end = {("r", 0): 10, ("r", 1): 10, ("r", 2): 5, ("r", 3): 7, ("r", 4): 8}
+    committed = {("r", 0): 10, ("r", 1): 4}
+    beginning = {("r", 2): 5, ("r", 3): 2}  # r:2 was emptied by retention; r:3 never committed
+    positions = {("r", 4): 8}  # assigned here: records before a transaction marker are done
+    assert group_lag(end, committed, beginning, positions) == {("r", 1): 6, ("r", 3): 5}
+    assert group_lag({("r", 0): 3}, {("r", 0): 3}, {}, {}) == {}
+
+
+def test_describe_lag_is_one_short_line() -> None:
+    lag = {("reviews", p): 100 + p for p in range(8)}
+    text = describe_lag(lag, limit=3)
+    assert text.startswith(
+        "828 records on 8 partition(s) (reviews:0 100, reviews:1 101, reviews:2 102, +5 more"
+    )
+    assert "\n" not in text
+
+
+@dataclass
+class FakeGroup:
+    """The group's lag as the admin client would report it, one answer per call (the last one repeats)."""
+
+    answers: list[dict[tuple[str, int], int] | Exception]
+    calls: int = 0
+
+    def group_lag(self) -> dict[tuple[str, int], int]:
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def with_group(h: Harness, group: FakeGroup) -> Harness:
+    h.loop.group = group
+    return h
+
+
+def test_until_idle_stops_only_once_the_whole_group_is_done() -> None:
+    h = with_group(make_loop(), FakeGroup([{("reviews", 1): 40}, {("reviews", 1): 12}, {}]))
+    h.source.add("reviews", 0, [review(0)])
+    assert h.loop.run(until_idle_s=2, until_idle_max_s=60)
+    assert isinstance(h.loop.group, FakeGroup) and h.loop.group.calls == 3
+    assert h.source.committed == {("reviews", 0): 1}
+
+
+def test_until_idle_gives_up_after_the_bound_without_progress_with_one_line() -> None:
+    h = with_group(make_loop(), FakeGroup([{("reviews", 1): 40, ("social-posts", 0): 3}]))
+    h.source.add("reviews", 0, [review(0)])
+    t0 = h.clock.now
+    with pytest.raises(GroupNotDone) as caught:
+        h.loop.run(until_idle_s=2, until_idle_max_s=30)
+    waited = h.clock.now - t0
+    assert 30 <= waited < 40  # idle 2 s, then 30 s without progress
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "43 records on 2 partition(s) (reviews:1 40, social-posts:0 3)" in message
+    assert "--until-idle-max" in message
+
+
+def test_progress_elsewhere_in_the_group_restarts_the_bound() -> None:
+    # The lag goes down by one every check (another member at work): 50 checks of 1 s > the 10 s bound.
+    answers: list[dict[tuple[str, int], int] | Exception] = [{("reviews", 1): n} for n in range(50, 0, -1)]
+    h = with_group(make_loop(), FakeGroup([*answers, {}]))
+    h.source.add("reviews", 0, [review(0)])
+    assert h.loop.run(until_idle_s=2, until_idle_max_s=10)
+
+
+def test_unreadable_group_offsets_keep_it_waiting_then_give_up() -> None:
+    h = with_group(make_loop(), FakeGroup([ConnectionError("broker down")]))
+    with pytest.raises(GroupNotDone, match="could not read the group's offsets"):
+        h.loop.run(until_idle_s=1, until_idle_max_s=5)
+    h = with_group(make_loop(), FakeGroup([ConnectionError("broker down"), ConnectionError("again"), {}]))
+    assert h.loop.run(until_idle_s=1, until_idle_max_s=5)
+
+
+def test_records_arriving_while_waiting_are_processed_and_the_wait_starts_again() -> None:
+    h = make_loop()
+
+    @dataclass
+    class Handover:
+        """Another member's partition with 5 records, handed to this member at the third check."""
+
+        calls: int = 0
+
+        def group_lag(self) -> dict[tuple[str, int], int]:
+            self.calls += 1
+            if self.calls == 3:
+                h.source.add("reviews", 1, [review(i) for i in range(5)])
+            return {} if h.source.committed.get(("reviews", 1)) == 5 else {("reviews", 1): 5}
+
+    h.loop.group = Handover()
+    h.source.add("reviews", 0, [review(0)])
+    assert h.loop.run(until_idle_s=2, until_idle_max_s=60)
+    assert h.source.committed == {("reviews", 0): 1, ("reviews", 1): 5}

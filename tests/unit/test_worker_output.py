@@ -16,7 +16,7 @@ from worker.keys import (
 from worker.messages import ModelRef, Record, Rejected, Result, Review, Scores, SocialPost
 from worker.output import DLQ_MAX_VALUE_BYTES, dead_letter, result_fields, result_record, tally
 
-MODEL = ModelRef(name="minilm-tweeteval", version="abc123def456")
+MODEL = ModelRef(name="minilm-tweeteval", version="abc123def456", precision="fp32")
 SCORES = Scores(negative=0.1, neutral=0.2, positive=0.7)
 NOW = 1_714_564_900_000
 
@@ -50,7 +50,7 @@ def test_review_result_has_every_field_and_source() -> None:
         "kind": "review",
         "label": "positive",
         "scores": {"negative": 0.1, "neutral": 0.2, "positive": 0.7},
-        "model": {"name": "minilm-tweeteval", "version": "abc123def456"},
+        "model": {"name": "minilm-tweeteval", "version": "abc123def456", "precision": "fp32"},
         "input": {"topic": "reviews", "partition": 2, "offset": 41},
         "created_at": "2024-05-01T12:00:00.000Z",
         "processed_at": "2024-05-01T12:01:40.000Z",

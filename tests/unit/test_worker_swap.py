@@ -104,7 +104,7 @@ class Loader:
         self.calls.append(v.version)
         if v.version in self.fail:
             raise ModelError(f"cannot load model from {v.path}: broken on purpose")
-        return Loaded(ModelRef(name=v.name, version=v.version))
+        return Loaded(ModelRef(name=v.name, version=v.version, precision="fp32"))
 
 
 def _swapper(reg: Registry, serving: str, load: Loader, metrics: Metrics) -> Swapper:
@@ -112,7 +112,7 @@ def _swapper(reg: Registry, serving: str, load: Loader, metrics: Metrics) -> Swa
         reg.root,
         "champion",
         load,
-        serving=Loaded(ModelRef(name="tiny-bert", version=serving)),
+        serving=Loaded(ModelRef(name="tiny-bert", version=serving, precision="fp32")),
         poll_s=60,
         metrics=metrics,
         device="cpu",
@@ -208,7 +208,7 @@ def test_the_real_classifier_refuses_a_version_with_wrong_labels(
         reg.root,
         "champion",
         lambda v: Classifier(v.path, device="cpu", threads=1, name=v.name),
-        serving=Loaded(ModelRef(name="tiny-bert", version=versions[0])),
+        serving=Loaded(ModelRef(name="tiny-bert", version=versions[0], precision="fp32")),
         poll_s=60,
         metrics=metrics,
         device="cpu",
@@ -219,5 +219,7 @@ def test_the_real_classifier_refuses_a_version_with_wrong_labels(
     reg.promote(versions[2])
     swapper.check()
     model = swapper.take()
-    assert model is not None and model.model_ref == ModelRef(name="tiny-bert", version=versions[2])
+    assert model is not None and model.model_ref == ModelRef(
+        name="tiny-bert", version=versions[2], precision="fp32"
+    )
     assert _samples(metrics, "sentiment_model_swaps_total") == {("failed",): 1.0, ("swapped",): 1.0}

@@ -1,5 +1,6 @@
-"""Fixtures shared by the API and dashboard tests: a real worker process fed with real Kafka traffic, and
-`sentiment-worker serve` processes in front of the Redis it writes (helpers in live.py).
+"""Fixtures shared by the integration tests: fresh topics per test, and for the API and dashboard tests a real
+worker process fed with real Kafka traffic and `sentiment-worker serve` processes in front of the Redis it
+writes (helpers in live.py).
 
 One worker serves each test module (it takes seconds to start); tests read what they expect from Redis or
 the API at the time they check, so they do not depend on each other's traffic.
@@ -22,6 +23,18 @@ from tests.integration.helpers import ROOT, Topics, worker_env
 from tests.integration.live import Api, Live, own_db, stop
 from worker.counts import CountStore
 from worker.pytest_plugin import wait_for_partitions
+
+
+@pytest.fixture
+def topics(new_topic: Callable[..., str]) -> Topics:
+    """Fresh input (2 partitions each), output and DLQ topics, and a unique group name."""
+    return Topics(
+        reviews=new_topic("reviews", partitions=2),
+        posts=new_topic("posts", partitions=2),
+        out=new_topic("out", partitions=2),
+        dlq=new_topic("dlq"),
+        group=new_topic("group"),  # a unique name; the topic itself is not used
+    )
 
 
 # Module scope: the worker stops after the module that used it, so it cannot disturb the benchmarks and

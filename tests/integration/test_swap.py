@@ -38,17 +38,6 @@ POLL_S = "0.2"
 
 
 @pytest.fixture
-def topics(new_topic: Callable[..., str]) -> Topics:
-    return Topics(
-        reviews=new_topic("reviews", partitions=2),
-        posts=new_topic("posts", partitions=2),
-        out=new_topic("out", partitions=2),
-        dlq=new_topic("dlq"),
-        group=new_topic("group"),
-    )
-
-
-@pytest.fixture
 def registry(tmp_path: Path, tiny_model: Callable[..., Path]) -> tuple[Registry, str, str]:
     reg = Registry(tmp_path / "registry")
     a = reg.register(tiny_model(1))["version"]

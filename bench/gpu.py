@@ -43,9 +43,7 @@ TARGET_PIPELINE_VS_INFERENCE = 0.5
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--model", help="model folder (default: $SENTIMENT_MODEL_DIR, else models/minilm-tweeteval)"
-    )
+    p.add_argument("--model", help="model folder (default: $SENTIMENT_MODEL_DIR, else models/minilm-mixed)")
     p.add_argument(
         "--datasets", help="shared datasets folder (default: $SENTIMENT_DATASETS, ../shared/datasets)"
     )

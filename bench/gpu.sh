@@ -3,7 +3,7 @@
 # worker's classifier, and the worker's real loop with an in-process source. Expected 1-3 minutes on an H100;
 # capped at 7m50s. Writes gpu_results.json and gpu_results.md to $OUT (else bench/out) and prints a table.
 #
-#   SENTIMENT_MODEL_DIR=models/minilm-tweeteval SENTIMENT_DATASETS=../shared/datasets bench/gpu.sh [options]
+#   SENTIMENT_MODEL_DIR=models/minilm-mixed SENTIMENT_DATASETS=../shared/datasets bench/gpu.sh [options]
 #
 # Options go to `python -m bench.gpu` (see --help), e.g. --pipeline-batches 256,1024 --n 100000.
 # Needs on the Python path: torch (CUDA), transformers, tokenizers, numpy, pydantic, redis, prometheus-client

@@ -1,6 +1,6 @@
 """One learn cycle's figures: corrections drawn from a labelled set the champion never trained on.
 
-    scripts/stack up && .venv/bin/python -m bench.learn --champion models/minilm-tweeteval \\
+    scripts/stack up && .venv/bin/python -m bench.learn --champion models/minilm-mixed \\
         --corrections ../shared/datasets/tweet_sentiment_extraction/train.jsonl --n 500 \\
         --validation ../shared/datasets/tweeteval_sentiment/validation.jsonl ... [--max-steps 300]
 

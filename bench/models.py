@@ -1,6 +1,6 @@
 """Which model folder the benchmark measures, and the stand-ins when the trained one is missing.
 
-Preference: --model, else $SENTIMENT_MODEL_DIR, else models/minilm-tweeteval (the trainer's default export),
+Preference: --model, else $SENTIMENT_MODEL_DIR, else models/minilm-mixed (the trainer's default export),
 else the MiniLM base model with a fresh, untrained 3-class head (speed is the same as the trained model's;
 its predictions are not, so no accuracy figure is reported for it). ``tiny_model`` writes a small random BERT
 with the MiniLM tokenizer for the CI smoke run.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 LABELS = ("negative", "neutral", "positive")
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "models" / "minilm-tweeteval"
+DEFAULT_MODEL = REPO / "models" / "minilm-mixed"
 
 
 def minilm_base() -> Path:
@@ -34,7 +34,7 @@ def choose_model(explicit: str | None, scratch: Path) -> tuple[Path, str]:
     dest = scratch / "minilm-fresh-head"
     if not (dest / "config.json").is_file():
         fresh_head_model(dest)
-    return dest, "MiniLM base with a fresh head, untrained (models/minilm-tweeteval missing)"
+    return dest, "MiniLM base with a fresh head, untrained (models/minilm-mixed missing)"
 
 
 def _label_maps() -> tuple[dict[int, str], dict[str, int]]:

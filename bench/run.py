@@ -68,7 +68,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes for CI: checks that everything runs")
-    p.add_argument("--model", help="model folder (default: models/minilm-tweeteval, else MiniLM, fresh head)")
+    p.add_argument("--model", help="model folder (default: models/minilm-mixed, else MiniLM, fresh head)")
     p.add_argument(
         "--datasets", help="shared datasets folder (default: $SENTIMENT_DATASETS, ../shared/datasets)"
     )

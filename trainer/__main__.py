@@ -73,7 +73,13 @@ def build_parser() -> OneLineParser:
         metavar="DATA",
         help="training data: .jsonl/.csv/.parquet file(s) or hf:NAME[:CONFIG][@SPLIT]",
     )
-    t.add_argument("--validation", metavar="DATA", help="validation data (default: split off --train)")
+    t.add_argument(
+        "--validation",
+        nargs="+",
+        metavar="DATA",
+        help="validation data, one or more sets; with several the best checkpoint is chosen on their mean "
+        "(default: split off --train)",
+    )
     t.add_argument(
         "--validation-fraction",
         type=_number(float, 0, 0.5, low_open=True),
@@ -98,7 +104,15 @@ def build_parser() -> OneLineParser:
     t.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default: 32)")
     t.add_argument("--eval-batch-size", type=positive_int, default=128, help="(default: 128)")
     t.add_argument(
-        "--max-length", type=_number(int, 8, 4096), default=96, help="max tokens per text (default: 96)"
+        "--max-length", type=_number(int, 8, 4096), default=128, help="max tokens per text (default: 128)"
+    )
+    t.add_argument(
+        "--truncation",
+        choices=["head+tail", "right"],
+        default="head+tail",
+        help="how a longer text is cut: its first quarter and last three quarters of the tokens (head+tail), "
+        "or its first tokens (right); the model folder records it and the worker cuts the same way "
+        "(default: head+tail)",
     )
     t.add_argument("--warmup-ratio", type=_number(float, 0, 0.5), default=0.06, help="(default: 0.06)")
     t.add_argument("--weight-decay", type=_number(float, 0), default=0.01, help="(default: 0.01)")
@@ -117,7 +131,11 @@ def build_parser() -> OneLineParser:
         help="LoRA: keep the pooler frozen (default: train it in full with the head)",
     )
     t.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (no adapter/)")
-    t.add_argument("--weighted-loss", action="store_true", help="class-balanced cross-entropy")
+    t.add_argument(
+        "--weighted-loss",
+        action="store_true",
+        help="class-balanced cross-entropy, balanced within each --train file",
+    )
     t.add_argument(
         "--early-stopping",
         type=positive_int,
@@ -152,10 +170,32 @@ def build_parser() -> OneLineParser:
 
     e = sub.add_parser("evaluate", help="score a model folder on labelled data; last stdout line is JSON")
     e.add_argument("--model", required=True, help="exported model folder")
-    e.add_argument("--data", required=True, help=".jsonl/.csv/.parquet file or hf:NAME[:CONFIG][@SPLIT]")
-    e.add_argument("--report", help="also write the JSON report here, and a confusion-matrix PNG next to it")
+    e.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="DATA",
+        help=".jsonl/.csv/.parquet file(s) or hf:NAME[:CONFIG][@SPLIT]; several: each, and their mean",
+    )
+    e.add_argument(
+        "--by",
+        metavar="FIELD",
+        help="also break each file down by a column (domain, stars, ...) or by 'tokens' (the text's length)",
+    )
+    e.add_argument(
+        "--report", help="also write the JSON report here, and a confusion-matrix PNG per file next to it"
+    )
     e.add_argument("--batch-size", type=positive_int, default=64, help="(default: 64)")
-    e.add_argument("--max-length", type=_number(int, 8, 4096), default=128, help="(default: 128)")
+    e.add_argument(
+        "--max-length",
+        type=_number(int, 8, 4096),
+        help="max tokens per text (default: the model folder's truncation.json, else 128)",
+    )
+    e.add_argument(
+        "--truncation",
+        choices=["head+tail", "right"],
+        help="how a longer text is cut (default: the model folder's truncation.json, else right)",
+    )
     e.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -167,7 +207,11 @@ def build_parser() -> OneLineParser:
 
     p = sub.add_parser("predict", help="label texts; one JSON line per text")
     p.add_argument("--model", required=True, help="exported model folder")
-    p.add_argument("--max-length", type=_number(int, 8, 4096), default=128, help="(default: 128)")
+    p.add_argument(
+        "--max-length",
+        type=_number(int, 8, 4096),
+        help="max tokens per text (default: the model folder's truncation.json, else 128)",
+    )
     p.add_argument("texts", nargs="+", metavar="TEXT")
 
     def registry_option(sp: argparse.ArgumentParser) -> None:
@@ -269,48 +313,88 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from trainer.data import LABELS, load_labelled, parse_label_map
-    from trainer.evaluate import classification_metrics, plot_confusion_matrix, restricted_predictions
+    from trainer.data import LABELS, load_labelled, parse_label_map, set_name
+    from trainer.evaluate import (
+        BY_TOKENS,
+        breakdown,
+        classification_metrics,
+        mean_over_sets,
+        plot_confusion_matrix,
+        restricted_predictions,
+        token_bucket,
+    )
     from trainer.inference import load_classifier, predict_scores
 
-    data = load_labelled(
-        args.data,
-        args.text_column,
-        args.label_column,
-        parse_label_map(args.label_map),
-        args.label_scheme,
-        default_split="test",
-    )
+    label_map = parse_label_map(args.label_map)
+    column = args.by if args.by and args.by != BY_TOKENS else None
+    sets = {}
+    taken: set[str] = set()
+    for ref in args.data:
+        data = load_labelled(
+            ref,
+            args.text_column,
+            args.label_column,
+            label_map,
+            args.label_scheme,
+            "test",
+            group_column=column,
+        )
+        sets[set_name(ref, taken)] = data
     clf = load_classifier(args.model, precision=args.precision)
     _threads()
-    started = time.perf_counter()
-    scores = predict_scores(clf, data.texts, args.batch_size, args.max_length, progress=True)
-    seconds = time.perf_counter() - started
     result: dict[str, Any] = {
         "model": args.model,
-        "data": args.data,
+        "data": args.data[0] if len(args.data) == 1 else args.data,
         "precision": args.precision,
         "device": clf.device.type,
-        "seconds": round(seconds, 3),
-        "texts_per_s": round(len(data.texts) / seconds, 1),
+        "max_length": args.max_length or clf.max_length,
+        "truncation": args.truncation or clf.truncation,
     }
-    result.update(classification_metrics(data.labels, np.argmax(scores, axis=1).tolist()))
-    present = sorted(set(data.labels))
-    if len(present) < len(LABELS):
-        # e.g. a 2-class set: also score the argmax over the classes the set has (see evaluate.py)
-        restricted = classification_metrics(data.labels, restricted_predictions(scores, present).tolist())
-        result["restricted_to_present_classes"] = {
-            k: restricted[k] for k in ("accuracy", "macro_recall", "macro_f1", "confusion_matrix")
+    per_set: dict[str, dict[str, Any]] = {}
+    for name, data in sets.items():
+        started = time.perf_counter()
+        scores = predict_scores(
+            clf, data.texts, args.batch_size, args.max_length, progress=True, strategy=args.truncation
+        )
+        seconds = time.perf_counter() - started
+        predicted = np.argmax(scores, axis=1).tolist()
+        m: dict[str, Any] = {
+            "data": data.source,
+            "seconds": round(seconds, 3),
+            "texts_per_s": round(len(data.texts) / seconds, 1),
+            **classification_metrics(data.labels, predicted),
         }
+        present = sorted(set(data.labels))
+        if len(present) < len(LABELS):
+            # e.g. a 2-class set: also score the argmax over the classes the set has (see evaluate.py)
+            restricted = classification_metrics(data.labels, restricted_predictions(scores, present).tolist())
+            m["restricted_to_present_classes"] = {
+                k: restricted[k] for k in ("accuracy", "macro_recall", "macro_f1", "confusion_matrix")
+            }
+        if args.by:
+            groups = data.groups
+            if args.by == BY_TOKENS:
+                lengths = clf.tokenizer(data.texts, truncation=False, verbose=False)["input_ids"]  # type: ignore[operator]
+                groups = [token_bucket(len(ids)) for ids in lengths]
+            assert groups is not None
+            m["by"] = {args.by: breakdown(data.labels, predicted, groups)}
+        per_set[name] = m
+    if len(per_set) == 1:
+        result.update(next(iter(per_set.values())))
+    else:
+        result["mean"] = mean_over_sets(per_set)
+        result["sets"] = per_set
     if args.report:
         report = Path(args.report)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=2) + "\n")
-        plot_confusion_matrix(
-            result["confusion_matrix"],
-            report.with_name(report.stem + ".confusion_matrix.png"),
-            f"{Path(args.data).parent.name or args.data}: macro recall {result['macro_recall']:.3f}",
-        )
+        for name, m in per_set.items():
+            infix = "" if len(per_set) == 1 else "." + name.replace("/", "_")
+            plot_confusion_matrix(
+                m["confusion_matrix"],
+                report.with_name(f"{report.stem}{infix}.confusion_matrix.png"),
+                f"{name}: macro recall {m['macro_recall']:.3f}",
+            )
     print(json.dumps(result))
 
 

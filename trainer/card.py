@@ -57,8 +57,35 @@ def _bf16_lines(summary: dict[str, Any]) -> list[str]:
     ]
 
 
-def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, Any]) -> str:
+def _validation_lines(summary: dict[str, Any]) -> list[str]:
+    sets: dict[str, dict[str, Any]] = summary["validation_sets"]
     m = summary["validation"]
+    lines = []
+    if len(sets) > 1:
+        lines += [
+            f"Mean over the {len(sets)} sets (the best checkpoint was chosen on it): macro recall "
+            f"**{_fmt(m['macro_recall'])}**, accuracy {_fmt(m['accuracy'])}, macro F1 {_fmt(m['macro_f1'])}; "
+            f"lowest recall of any class {_fmt(m['min_class_recall'])}.",
+            "",
+        ]
+    for name, s in sets.items():
+        lines += [
+            f"`{name}`: macro recall **{_fmt(s['macro_recall'])}**, "
+            f"accuracy {_fmt(s['accuracy'])}, macro F1 {_fmt(s['macro_f1'])} on {s['n']} rows.",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {c_name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} "
+                f"| {c['support']} |"
+                for c_name, c in s["per_class"].items()
+            ),
+            "",
+        ]
+    return [*lines, "(`metrics.json`, `confusion_matrix*.png`, `training_curve.png`.)", ""]
+
+
+def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, Any]) -> str:
     base = BASE_DESCRIPTIONS.get(cfg.base_model, f"`{cfg.base_model}`")
     saved = resolved.get("modules_to_save", [])
     if cfg.full:
@@ -69,7 +96,7 @@ def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, An
             f"{', '.join(resolved.get('lora_target_modules', []))}; trained in full: {', '.join(saved)}; "
             "merged into the base weights (the adapter alone is in `adapter/`)"
         )
-    licenses = license_notes(cfg.train + ([cfg.validation] if cfg.validation else []))
+    licenses = license_notes(cfg.train + list(cfg.validation or []))
     if cfg.data_license:
         licenses.insert(0, cfg.data_license)
     head = "The classification head is new" + (" and the pooler was retrained." if "pooler" in saved else ".")
@@ -99,30 +126,24 @@ def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, An
         "## Training",
         f"* data: {', '.join(f'`{s}`' for s in cfg.train)}: {resolved['train_rows']} rows "
         f"{resolved['train_counts']}",
-        f"* validation: `{summary['validation_source']}`: {resolved['validation_rows']} rows",
+        *(
+            f"* validation: `{m_set['source']}`: {m_set['n']} rows"
+            for m_set in summary["validation_sets"].values()
+        ),
         f"* method: {method}",
         f"* trainable parameters: {summary['trainable_params']:,} of {summary['total_params']:,}",
         f"* {summary['steps']} optimiser steps ({summary['epochs']} epochs), batch {cfg.batch_size}, "
         f"learning rate {cfg.lr:g} (linear decay, {cfg.warmup_ratio:.0%} warm-up), weight decay "
-        f"{cfg.weight_decay}, max length {cfg.max_length} tokens, seed {cfg.seed}"
-        + (", class-balanced loss" if cfg.weighted_loss else ""),
+        f"{cfg.weight_decay}, max length {cfg.max_length} tokens ({cfg.truncation} truncation of longer "
+        f"texts, `truncation.json`), seed {cfg.seed}"
+        + (", class-balanced loss within each training file" if cfg.weighted_loss else ""),
         f"* best checkpoint by validation {cfg.metric}: step {summary['best_step']}",
         f"* device: {device}, {resolved['threads']} CPU threads, wall time {summary['wall_time_s']:.0f} s",
         "* every argument: `training_args.json`",
         "",
         "## Validation results",
-        f"macro recall (TweetEval's official metric) **{_fmt(m['macro_recall'])}**, "
-        f"accuracy {_fmt(m['accuracy'])}, macro F1 {_fmt(m['macro_f1'])} on {m['n']} rows "
-        "(`metrics.json`, `confusion_matrix.png`, `training_curve.png`).",
-        "",
+        *_validation_lines(summary),
         *_bf16_lines(summary),
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} |"
-            for name, c in m["per_class"].items()
-        ),
-        "",
         "## Data licence (as stated by the sources)",
         "\n\n".join(licenses) if licenses else "Not recorded: check the licence of your training data.",
         "",
@@ -131,8 +152,8 @@ def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, An
         "review sentences, for aggregate monitoring (counts over time), not for decisions about individuals.",
         "",
         "## Limits",
-        f"* English only. Texts were cut at {cfg.max_length} tokens in training; domains other than the",
-        "  training data (long reviews, formal text) score lower.",
+        f"* English only. Texts were cut to {cfg.max_length} tokens ({cfg.truncation}); domains other than",
+        "  the training data (formal text, other kinds of review) score lower.",
         '* "Neutral" is the least well-defined class; sarcasm, negation and mixed opinions get misread.',
         "* Labels in the training data are noisy and carry their annotators' judgements and biases.",
         "",

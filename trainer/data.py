@@ -58,6 +58,7 @@ class LabelledData:
     texts: list[str]
     labels: list[int]  # indices into LABELS
     source: str
+    groups: list[str] | None = None  # per row: a --by field's value, or the training file it came from
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -165,6 +166,16 @@ def clean_text(text: str) -> str:
     return text.strip()
 
 
+def set_name(ref: str, taken: set[str]) -> str:
+    """A short unique name for a data file in reports: folder and stem (tweeteval_sentiment/validation)."""
+    path = Path(ref)
+    name = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+    while name in taken:
+        name += "'"
+    taken.add(name)
+    return name
+
+
 # ---------------------------------------------------------------- I/O
 
 
@@ -254,12 +265,15 @@ def load_labelled(
     label_map: dict[str, str] | None = None,
     scheme: str = "auto",
     default_split: str = "train",
+    group_column: str | None = None,
 ) -> LabelledData:
-    """Read one split and return cleaned texts with label indices; every problem is a one-line DataError."""
+    """Read one split and return cleaned texts with label indices; every problem is a one-line DataError.
+
+    group_column: also keep each row's value of that column (as text) in ``groups``."""
     rows = read_rows(source, default_split)
     if not rows:
         raise DataError(f"{source}: no rows (empty split)")
-    for column in (text_column, label_column):
+    for column in (text_column, label_column, *([group_column] if group_column else [])):
         if column not in rows[0]:
             found = ", ".join(map(str, rows[0].keys()))
             raise DataError(f"{source}: column {column!r} not found (columns: {found})")
@@ -277,4 +291,7 @@ def load_labelled(
         labels = normalise_labels(raw_labels, label_map, scheme)
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
-    return LabelledData(texts=texts, labels=labels, source=source)
+    groups = None
+    if group_column:
+        groups = [str(v) if (v := row.get(group_column)) not in (None, "") else "(none)" for row in rows]
+    return LabelledData(texts=texts, labels=labels, source=source, groups=groups)

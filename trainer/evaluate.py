@@ -52,6 +52,61 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict
     }
 
 
+TOKEN_BUCKETS: tuple[int, ...] = (64, 128, 256, 512)
+BY_TOKENS = "tokens"  # --by tokens: buckets of a text's token count before truncation, not a data column
+
+
+def token_bucket(n: int) -> str:
+    """'<=64', '65-128', '129-256', '257-512' or '>512' tokens (special tokens included)."""
+    low = 1
+    for high in TOKEN_BUCKETS:
+        if n <= high:
+            return f"<={high}" if low == 1 else f"{low}-{high}"
+        low = high + 1
+    return f">{TOKEN_BUCKETS[-1]}"
+
+
+def breakdown(
+    y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Metrics per group value (e.g. per review domain or star rating), groups in sorted order."""
+    rows: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        rows.setdefault(g, []).append(i)
+    out: dict[str, dict[str, Any]] = {}
+    for g in sorted(rows, key=_group_order):
+        m = classification_metrics([y_true[i] for i in rows[g]], [y_pred[i] for i in rows[g]])
+        out[g] = {
+            **{k: m[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")},
+            "recall": {name: c["recall"] for name, c in m["per_class"].items() if c["support"]},
+            "predicted_share": {name: c["predicted_share"] for name, c in m["per_class"].items()},
+        }
+    return out
+
+
+def _group_order(g: str) -> tuple[int, float, str]:
+    """Numbers (star ratings) and token buckets in numeric order, other values by name."""
+    digits = g.lstrip("<=>").split("-")[0]
+    try:
+        return (0, float(digits) + (0.5 if g.startswith(">") else 0), g)
+    except ValueError:
+        return (1, 0.0, g)
+
+
+def mean_over_sets(per_set: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The unweighted mean over data sets (each counts the same, whatever its size), and the lowest recall of
+    any class present in any set. sentiment-train train chooses its best checkpoint on this mean."""
+    mean: dict[str, Any] = {
+        k: float(np.mean([m[k] for m in per_set.values()])) for k in ("macro_recall", "accuracy", "macro_f1")
+    }
+    mean["min_class_recall"] = min(
+        c["recall"] for m in per_set.values() for c in m["per_class"].values() if c["support"] > 0
+    )
+    mean["n"] = sum(int(m["n"]) for m in per_set.values())
+    mean["sets"] = list(per_set)
+    return mean
+
+
 def restricted_predictions(scores: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
     """Argmax over the allowed class columns only (e.g. negative/positive on a 2-class set)."""
     allowed_arr = np.asarray(sorted(allowed))

@@ -12,8 +12,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from trainer import truncation
 from trainer.data import LABELS
 from trainer.models import ModelError
+
+DEFAULT_MAX_LENGTH = 128  # for a folder that records no truncation.json (made before it existed)
 
 
 @dataclass
@@ -22,6 +25,8 @@ class Classifier:
     tokenizer: object
     columns: list[int]  # model output index for each entry of LABELS
     device: torch.device
+    max_length: int  # the folder's truncation.json, unless the caller overrides it
+    truncation: str
 
 
 def load_classifier(model_dir: str, device: str | None = None, precision: str = "fp32") -> Classifier:
@@ -51,7 +56,15 @@ def load_classifier(model_dir: str, device: str | None = None, precision: str = 
     elif precision != "fp32":
         raise ModelError(f"unknown precision {precision!r}: use fp32, bf16 or int8")
     model.to(dev).eval()
-    return Classifier(model=model, tokenizer=tokenizer, columns=[by_name[n] for n in LABELS], device=dev)
+    max_length, strategy = truncation.read(path) or (DEFAULT_MAX_LENGTH, "right")
+    return Classifier(
+        model=model,
+        tokenizer=tokenizer,
+        columns=[by_name[n] for n in LABELS],
+        device=dev,
+        max_length=max_length,
+        truncation=strategy,
+    )
 
 
 def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
@@ -64,21 +77,40 @@ def _quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
 
 @torch.inference_mode()
 def predict_scores(
-    clf: Classifier, texts: Sequence[str], batch_size: int = 64, max_length: int = 128, progress: bool = False
+    clf: Classifier,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+    strategy: str | None = None,
 ) -> np.ndarray:
-    """Softmax scores, shape (len(texts), 3), columns in LABELS order, rows in input order."""
+    """Softmax scores, shape (len(texts), 3), columns in LABELS order, rows in input order.
+
+    Texts are cut as the model folder says (truncation.json) unless max_length / strategy override it."""
+    enc = truncation.encode(clf.tokenizer, texts, max_length or clf.max_length, strategy or clf.truncation)
+    lengths = [len(ids) for ids in enc["input_ids"]]
     # Sorting by length keeps padding (and so wasted compute) small; results go back to input order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
     out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress):
         idx = order[start : start + batch_size]
-        enc = clf.tokenizer(  # type: ignore[operator]
-            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        ).to(clf.device)
-        logits = clf.model(**enc).logits.float()
+        width = max(lengths[i] for i in idx)
+        batch = {
+            k: torch.tensor(
+                [column[i] + [_pad(clf, k)] * (width - lengths[i]) for i in idx], device=clf.device
+            )
+            for k, column in enc.items()
+        }
+        logits = clf.model(**batch).logits.float()
         out[idx] = torch.softmax(logits, dim=-1)[:, clf.columns].cpu().numpy()
     return out
+
+
+def _pad(clf: Classifier, column: str) -> int:
+    if column == "input_ids":
+        return int(getattr(clf.tokenizer, "pad_token_id", None) or 0)
+    return 0  # attention_mask, token_type_ids
 
 
 def label_of(row: np.ndarray) -> str:

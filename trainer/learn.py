@@ -192,16 +192,7 @@ def hint_workers(settings: LearnSettings, version: str) -> None:
 # ------------------------------------------------------------------------------------------- cycle
 
 
-def _set_name(ref: str, taken: set[str]) -> str:
-    path = Path(ref)
-    name = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
-    while name in taken:
-        name += "'"
-    taken.add(name)
-    return name
-
-
-def _score(model_dir: Path, sets: dict[str, tuple[list[str], list[int]]], max_length: int) -> dict[str, Any]:
+def _score(model_dir: Path, sets: dict[str, tuple[list[str], list[int]]]) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -212,14 +203,14 @@ def _score(model_dir: Path, sets: dict[str, tuple[list[str], list[int]]], max_le
     out = {}
     with torch.inference_mode():
         for name, (texts, labels) in sets.items():
-            scores = predict_scores(clf, texts, 64, max_length)
+            scores = predict_scores(clf, texts, 64)  # each folder's own truncation.json
             out[name] = classification_metrics(labels, np.argmax(scores, axis=1).tolist())
     return out
 
 
 def cycle(options: LearnOptions, settings: LearnSettings) -> dict[str, Any]:
     """One learn cycle; returns the summary printed as the last stdout line."""
-    from trainer.data import LABELS, load_labelled
+    from trainer.data import LABELS, load_labelled, set_name
 
     reg = Registry(options.registry)
     champion = reg.aliases().get("champion")
@@ -254,7 +245,7 @@ def cycle(options: LearnOptions, settings: LearnSettings) -> dict[str, Any]:
     taken: set[str] = set()
     for ref in options.validation:
         data = load_labelled(ref, default_split="validation")
-        validation_sets[_set_name(ref, taken)] = (data.texts, data.labels)
+        validation_sets[set_name(ref, taken)] = (data.texts, data.labels)
     n_original = sum(len(load_labelled(ref).texts) for ref in options.train)
 
     work = Path(tempfile.mkdtemp(prefix="sentiment-learn-"))
@@ -288,8 +279,8 @@ def cycle(options: LearnOptions, settings: LearnSettings) -> dict[str, Any]:
                 [label_id[fb.label] for fb in holdout.values()],
             )
         scores = {
-            "champion": _score(champion_dir, sets, cfg.max_length),
-            "candidate": _score(candidate_dir, sets, cfg.max_length),
+            "champion": _score(champion_dir, sets),
+            "candidate": _score(candidate_dir, sets),
         }
         checks = gate(
             scores["champion"],
@@ -373,7 +364,8 @@ def _train_config(recipe: dict[str, Any], options: LearnOptions, train: list[str
         for k, v in recipe.items()
         if k in known and k not in ("train", "validation", "output", "max_train_samples", "extra")
     }
-    keep.update(train=train, validation=options.validation[0], output=str(output))
+    keep.update(train=train, validation=list(options.validation), output=str(output))
+    keep.setdefault("truncation", "right")  # a champion from before truncation.json was cut on the right
     if options.max_steps is not None:
         keep["max_steps"] = options.max_steps
     return TrainConfig(**keep)

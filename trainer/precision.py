@@ -30,7 +30,6 @@ from trainer.models import ModelError
 
 EVIDENCE_FILE = "precision.json"  # the worker reads this name (worker/classifier.py)
 BATCH = 32  # the worker's CPU batch
-MAX_LENGTH = 128  # the worker's default SENTIMENT_MAX_LENGTH
 
 
 def cpu_name() -> str:
@@ -74,7 +73,7 @@ def measure_bf16(model_dir: Path, sets: Sequence[LabelledData]) -> dict[str, Any
         metrics: dict[str, dict[str, float]] = {}
         predictions: dict[str, np.ndarray] = {}
         for name, clf in models.items():
-            scores = predict_scores(clf, data.texts, batch_size=BATCH, max_length=MAX_LENGTH)
+            scores = predict_scores(clf, data.texts, batch_size=BATCH)  # cut as truncation.json says
             predictions[name] = np.argmax(scores, axis=1)
             metrics[name] = classification_metrics(data.labels, predictions[name].tolist())
         rows.append(
@@ -92,7 +91,8 @@ def measure_bf16(model_dir: Path, sets: Sequence[LabelledData]) -> dict[str, Any
             "sets": rows,
             "method": "weights cast to bf16 (model.to(torch.bfloat16)) against fp32, on the CPU",
             "batch": BATCH,
-            "max_length": MAX_LENGTH,
+            "max_length": models["fp32"].max_length,
+            "truncation": models["fp32"].truncation,
             "cpu": cpu_name(),
             "amx_bf16": amx_bf16(),
             "seconds": round(time.monotonic() - started, 1),

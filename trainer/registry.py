@@ -358,7 +358,9 @@ def _manifest(src: Path, staged: Path, version: str, labels: list[str], parent: 
     args = _read_json(staged / "training_args.json")
     metrics = _read_json(staged / "metrics.json")
     config = args.get("config", {})
-    data = [*config.get("train", []), *([config["validation"]] if config.get("validation") else [])]
+    validation = config.get("validation") or []
+    # A folder from before several validation sets were allowed names one as a string.
+    data = [*config.get("train", []), *([validation] if isinstance(validation, str) else validation)]
     return {
         "format": FORMAT,
         "version": version,
@@ -369,6 +371,7 @@ def _manifest(src: Path, staged: Path, version: str, labels: list[str], parent: 
         "labels": labels,
         "base_model": config.get("base_model"),
         "max_length": config.get("max_length"),
+        "truncation": config.get("truncation", "right"),
         "training_data": [_data_ref(d) for d in data],
         "metrics": metrics.get("validation"),
         "files": files,

@@ -22,8 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.data import LABEL2ID, LABELS, DataError, LabelledData, load_labelled, parse_label_map
-from trainer.evaluate import classification_metrics, plot_confusion_matrix, plot_training_curve
+from trainer import truncation
+from trainer.data import LABEL2ID, LABELS, DataError, LabelledData, load_labelled, parse_label_map, set_name
+from trainer.evaluate import (
+    classification_metrics,
+    mean_over_sets,
+    plot_confusion_matrix,
+    plot_training_curve,
+)
 from trainer.models import ModelError, lora_targets, resolve_base_model
 
 log = logging.getLogger("trainer")
@@ -39,7 +45,7 @@ class TrainConfig:
     base_model: str
     train: list[str]
     output: str
-    validation: str | None = None
+    validation: list[str] | None = None  # several: the best checkpoint is chosen on their mean
     validation_fraction: float = 0.05  # split off train when no --validation is given
     text_column: str = "text"
     label_column: str = "label"
@@ -51,7 +57,8 @@ class TrainConfig:
     learning_rate: float | None = None  # None: DEFAULT_LORA_LR or DEFAULT_FULL_LR
     batch_size: int = 32
     eval_batch_size: int = 128
-    max_length: int = 96
+    max_length: int = 128
+    truncation: str = truncation.DEFAULT_STRATEGY  # how longer texts are cut; recorded in truncation.json
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     lora_r: int = 16
@@ -81,9 +88,12 @@ class TrainConfig:
 class EncodedDataset(torch.utils.data.Dataset):
     """Tokenised examples, unpadded; DataCollatorWithPadding pads each batch to its own longest row."""
 
-    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[int]) -> None:
+    def __init__(
+        self, encodings: dict[str, list[list[int]]], labels: list[int], weights: list[float] | None = None
+    ) -> None:
         self.encodings = encodings
         self.labels = labels
+        self.weights = weights
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -91,20 +101,27 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {k: v[i] for k, v in self.encodings.items()}
         item["labels"] = self.labels[i]
+        if self.weights is not None:
+            item["weight"] = self.weights[i]
         return item
 
 
 def _merge(parts: list[LabelledData]) -> LabelledData:
+    """One set from several files; each row remembers its file (groups), for per-file class weights."""
     return LabelledData(
         texts=[t for p in parts for t in p.texts],
         labels=[y for p in parts for y in p.labels],
         source="+".join(p.source for p in parts),
+        groups=[p.source for p in parts for _ in p.texts],
     )
 
 
 def _subset(data: LabelledData, keep: list[int], source: str) -> LabelledData:
     return LabelledData(
-        texts=[data.texts[i] for i in keep], labels=[data.labels[i] for i in keep], source=source
+        texts=[data.texts[i] for i in keep],
+        labels=[data.labels[i] for i in keep],
+        source=source,
+        groups=[data.groups[i] for i in keep] if data.groups is not None else None,
     )
 
 
@@ -119,15 +136,19 @@ def _stratified_split(labels: list[int], size: int, seed: int) -> tuple[list[int
     return sorted(kept), sorted(rest)
 
 
-def load_data(cfg: TrainConfig) -> tuple[LabelledData, LabelledData]:
+def load_data(cfg: TrainConfig) -> tuple[LabelledData, dict[str, LabelledData]]:
+    """The training rows and the validation sets by name (several --validation files: one set each)."""
     label_map = parse_label_map(cfg.label_map)
 
     def load(source: str, split: str) -> LabelledData:
         return load_labelled(source, cfg.text_column, cfg.label_column, label_map, cfg.label_scheme, split)
 
     train = _merge([load(src, "train") for src in cfg.train])
+    validation: dict[str, LabelledData] = {}
     if cfg.validation:
-        validation = load(cfg.validation, "validation")
+        taken: set[str] = set()
+        for source in cfg.validation:
+            validation[set_name(source, taken)] = load(source, "validation")
     else:
         n_val = max(1, round(len(train) * cfg.validation_fraction))
         if n_val >= len(train):
@@ -135,7 +156,8 @@ def load_data(cfg: TrainConfig) -> tuple[LabelledData, LabelledData]:
                 f"too few training rows ({len(train)}) to split off a validation set; pass --validation"
             )
         rest, val_idx = _stratified_split(train.labels, len(train) - n_val, cfg.seed)
-        validation = _subset(train, val_idx, f"{train.source} (held-out {cfg.validation_fraction:.0%})")
+        held_out = _subset(train, val_idx, f"{train.source} (held-out {cfg.validation_fraction:.0%})")
+        validation["held-out"] = held_out
         train = _subset(train, rest, f"{train.source} (rest)")
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         keep, _ = _stratified_split(train.labels, cfg.max_train_samples, cfg.seed)
@@ -143,15 +165,21 @@ def load_data(cfg: TrainConfig) -> tuple[LabelledData, LabelledData]:
     return train, validation
 
 
-def encode(tokenizer: Any, data: LabelledData, max_length: int, sort: bool = False) -> EncodedDataset:
-    enc = tokenizer(data.texts, truncation=True, max_length=max_length)
-    columns = {k: list(v) for k, v in enc.items()}
+def encode(
+    tokenizer: Any,
+    data: LabelledData,
+    cfg: TrainConfig,
+    sort: bool = False,
+    weights: list[float] | None = None,
+) -> EncodedDataset:
+    columns = truncation.encode(tokenizer, data.texts, cfg.max_length, cfg.truncation)
     labels = list(data.labels)
     if sort:  # evaluation order does not matter; sorted batches carry almost no padding
         order = sorted(range(len(labels)), key=lambda i: len(columns["input_ids"][i]))
         columns = {k: [v[i] for i in order] for k, v in columns.items()}
         labels = [labels[i] for i in order]
-    return EncodedDataset(columns, labels)
+        weights = [weights[i] for i in order] if weights is not None else None
+    return EncodedDataset(columns, labels, weights)
 
 
 def class_weights(labels: list[int]) -> list[float]:
@@ -161,6 +189,23 @@ def class_weights(labels: list[int]) -> list[float]:
     weights = np.ones(len(LABELS))
     weights[present] = len(labels) / (present.sum() * counts[present])
     return [float(w) for w in weights]
+
+
+def row_weights(labels: list[int], groups: list[str] | None) -> list[float]:
+    """Per-row loss weights that balance the classes within each group (training file) apart.
+
+    One file's balance must not set another's weights: tweets are mostly neutral, clothing reviews mostly
+    positive. Each file keeps its share of the total weight; only its classes are evened out."""
+    groups = groups or [""] * len(labels)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    out = [1.0] * len(labels)
+    for rows in by_group.values():
+        weights = class_weights([labels[i] for i in rows])
+        for i in rows:
+            out[i] = weights[labels[i]]
+    return out
 
 
 def _scalar_metrics(eval_pred: Any) -> dict[str, float]:
@@ -211,13 +256,12 @@ def _wrap_lora(cfg: TrainConfig, model: Any) -> tuple[Any, dict[str, Any]]:
     return get_peft_model(model, lora), {"lora_target_modules": targets, "modules_to_save": to_save}
 
 
-def _trainer_class(weights: list[float] | None) -> Any:
+def _trainer_class(metric_names: list[str]) -> Any:
+    """Trainer with per-row loss weights (a 'weight' column, when the dataset has one) and, over several
+    validation sets, their mean metrics logged as eval_<metric> so the best checkpoint is chosen on them."""
     from transformers import Trainer
 
-    if weights is None:
-        return Trainer
-
-    class WeightedTrainer(Trainer):
+    class SentimentTrainer(Trainer):
         loss_is_scaled_for_ga = False  # a per-batch mean: let Trainer divide by the accumulation steps
 
         def compute_loss(
@@ -227,13 +271,35 @@ def _trainer_class(weights: list[float] | None) -> Any:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
+            weight = inputs.pop("weight", None)
+            if weight is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            weight = torch.tensor(weights, device=outputs.logits.device, dtype=torch.float32)
-            loss = nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+            losses = nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
+            weight = weight.to(losses.device, torch.float32)
+            loss = (losses * weight).sum() / weight.sum()  # as cross_entropy(weight=...) normalises
             return (loss, outputs) if return_outputs else loss
 
-    return WeightedTrainer
+        def evaluate(
+            self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+        ) -> Any:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            names = (
+                self.eval_dataset if eval_dataset is None and isinstance(self.eval_dataset, dict) else None
+            )
+            if names and len(names) > 1:
+                mean = {
+                    f"{metric_key_prefix}_{m}": float(
+                        np.mean([metrics[f"{metric_key_prefix}_{name}_{m}"] for name in names])
+                    )
+                    for m in metric_names
+                }
+                self.log(mean)
+                metrics.update(mean)
+            return metrics
+
+    return SentimentTrainer
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -266,9 +332,8 @@ def _device_and_precision(cfg: TrainConfig) -> tuple[str, bool]:
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported() if cfg.bf16 is None else cfg.bf16
         return "cuda", bool(bf16)
-    if cfg.bf16:
-        raise ModelError("--bf16 needs a CUDA device; none is available")
-    return "cpu", False
+    # On a CPU, bf16 autocast pays only with native bf16 matrix units (AMX); off unless asked for.
+    return "cpu", bool(cfg.bf16)
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -304,14 +369,10 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     set_seed(cfg.seed)
     device, bf16 = _device_and_precision(cfg)
 
-    train_data, val_data = load_data(cfg)
-    log.info(
-        "train: %d rows %s | validation: %d rows %s",
-        len(train_data),
-        train_data.counts(),
-        len(val_data),
-        val_data.counts(),
-    )
+    train_data, val_sets = load_data(cfg)
+    log.info("train: %d rows %s", len(train_data), train_data.counts())
+    for name, data in val_sets.items():
+        log.info("validation %s: %d rows %s", name, len(data), data.counts())
     base_path = resolve_base_model(cfg.base_model)
     log.info("loading %s; its new classification head is reported as MISSING (newly initialised)", base_path)
     tokenizer, model = _load_base(cfg, base_path)
@@ -323,12 +384,15 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
-    train_ds = encode(tokenizer, train_data, cfg.max_length)
-    val_ds = encode(tokenizer, val_data, cfg.max_length, sort=True)
+    weights = row_weights(train_data.labels, train_data.groups) if cfg.weighted_loss else None
+    train_ds = encode(tokenizer, train_data, cfg, weights=weights)
+    # Metric names may not hold "/": one key per set, in the order given.
+    val_ds = {
+        name.replace("/", "_"): encode(tokenizer, data, cfg, sort=True) for name, data in val_sets.items()
+    }
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     eval_steps = cfg.eval_steps or max(10, math.ceil(total_steps / 5))
-    weights = class_weights(train_data.labels) if cfg.weighted_loss else None
     resolved.update(
         learning_rate=cfg.lr,
         total_steps=total_steps,
@@ -336,11 +400,12 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         device=device,
         bf16=bf16,
         threads=threads,
-        class_weights=weights,
+        class_weights=_weights_by_file(train_data, weights),
         train_rows=len(train_data),
-        validation_rows=len(val_data),
+        validation_rows=sum(len(d) for d in val_sets.values()),
         train_counts=train_data.counts(),
-        validation_counts=val_data.counts(),
+        train_counts_by_file=_counts_by_file(train_data),
+        validation_counts={name: d.counts() for name, d in val_sets.items()},
         trainable_params=trainable,
         total_params=total,
     )
@@ -372,32 +437,40 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         dataloader_num_workers=0,
         report_to="none",
         disable_tqdm=False,
+        remove_unused_columns=False,  # else Trainer's collator drops the per-row "weight" column
     )
     callbacks = (
         [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping)] if cfg.early_stopping else []
     )
-    trainer = _trainer_class(weights)(
+    trainer = _trainer_class(["macro_recall", "accuracy", "macro_f1"])(
         model=model,
         args=args,
         train_dataset=train_ds,
-        eval_dataset=val_ds,
+        eval_dataset=val_ds if len(val_ds) > 1 else next(iter(val_ds.values())),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_scalar_metrics,
         callbacks=callbacks,
     )
     train_result = trainer.train()
-    prediction = trainer.predict(val_ds, metric_key_prefix="eval")
-    assert prediction.label_ids is not None
-    metrics = classification_metrics(
-        prediction.label_ids.tolist(), np.argmax(prediction.predictions, axis=-1).tolist()
-    )
-    log.info(
-        "validation: macro_recall %.4f accuracy %.4f macro_f1 %.4f",
-        metrics["macro_recall"],
-        metrics["accuracy"],
-        metrics["macro_f1"],
-    )
+    per_set: dict[str, dict[str, Any]] = {}
+    for (name, data), ds in zip(val_sets.items(), val_ds.values(), strict=True):
+        prediction = trainer.predict(ds, metric_key_prefix="eval")
+        assert prediction.label_ids is not None
+        per_set[name] = {
+            "source": data.source,
+            **classification_metrics(
+                prediction.label_ids.tolist(), np.argmax(prediction.predictions, axis=-1).tolist()
+            ),
+        }
+        log.info(
+            "validation %s: macro_recall %.4f accuracy %.4f macro_f1 %.4f",
+            name,
+            per_set[name]["macro_recall"],
+            per_set[name]["accuracy"],
+            per_set[name]["macro_f1"],
+        )
+    metrics = mean_over_sets(per_set)
 
     model = trainer.model
     if not cfg.full:
@@ -409,9 +482,10 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         model.config.use_cache = use_cache  # Trainer turns it off while training; keep the base's setting
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    truncation.write(out, cfg.max_length, cfg.truncation)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-    sample = val_data.texts[:16]
+    sample = next(iter(val_sets.values())).texts[:16]
     with torch.inference_mode():
         enc = tokenizer(sample, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt")
         expected = torch.softmax(model(**enc).logits.float(), dim=-1).numpy()
@@ -419,7 +493,7 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     # The worker serves bf16 on a CPU with AMX only when this records a small enough loss (precision.json).
     from trainer.precision import measure_bf16, write
 
-    precision = measure_bf16(out, [val_data])
+    precision = measure_bf16(out, list(val_sets.values()))
     write(out, precision)
     log.info(
         "bf16 on CPU: %+.2f points of validation macro recall", -precision["bf16"]["macro_recall_loss_points"]
@@ -428,8 +502,8 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     wall = time.monotonic() - started
     state = trainer.state
     summary = {
-        "validation": metrics,
-        "validation_source": val_data.source,
+        "validation": metrics,  # the mean over the sets (the same as the set itself when there is one)
+        "validation_sets": per_set,
         "best_step": _best_step(state),
         "steps": state.global_step,
         "epochs": round(float(state.epoch or 0.0), 4),
@@ -448,11 +522,14 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         "trainer_arguments": json.loads(args.to_json_string()),
     }
     (out / "training_args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    plot_confusion_matrix(
-        metrics["confusion_matrix"],
-        out / "confusion_matrix.png",
-        f"validation ({len(val_data)} rows), macro recall {metrics['macro_recall']:.3f}",
-    )
+    for i, (name, m) in enumerate(per_set.items()):
+        # confusion_matrix.png is the first set's; each further set gets confusion_matrix.<name>.png
+        suffix = "" if i == 0 else "." + name.replace("/", "_")
+        plot_confusion_matrix(
+            m["confusion_matrix"],
+            out / f"confusion_matrix{suffix}.png",
+            f"{name} ({m['n']} rows), macro recall {m['macro_recall']:.3f}",
+        )
     plot_training_curve(state.log_history, out / "training_curve.png", f"eval_{cfg.metric}")
     (out / "log_history.json").write_text(json.dumps(state.log_history, indent=1) + "\n")
 
@@ -461,6 +538,23 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     (out / "README.md").write_text(model_card(cfg, resolved, summary))
     _make_readable(out)
     return summary
+
+
+def _counts_by_file(data: LabelledData) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for label, group in zip(data.labels, data.groups or [data.source] * len(data), strict=True):
+        counts = out.setdefault(group, dict.fromkeys(LABELS, 0))
+        counts[LABELS[label]] += 1
+    return out
+
+
+def _weights_by_file(data: LabelledData, weights: list[float] | None) -> dict[str, dict[str, float]] | None:
+    if weights is None:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for label, group, w in zip(data.labels, data.groups or [data.source] * len(data), weights, strict=True):
+        out.setdefault(group, {})[LABELS[label]] = round(w, 4)
+    return out
 
 
 def _make_readable(folder: Path) -> None:

@@ -45,6 +45,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from worker import truncation
 from worker.batching import plan_chunks, restore_order, run_halving
 from worker.messages import LABELS, ModelRef, Scores
 
@@ -220,7 +221,7 @@ class Classifier:
         model_dir: str | os.PathLike[str],
         *,
         device: str = "auto",
-        max_length: int = 128,
+        max_length: int | None = None,
         max_rows: int = 32,
         max_tokens: int = 4096,
         threads: int = 0,
@@ -241,7 +242,12 @@ class Classifier:
         self.fault_oom_tokens = fault_oom_tokens
         if self.device.type == "cpu" and threads > 0:
             torch.set_num_threads(threads)
-        self.max_length = max_length
+        try:
+            folder_length, self.truncation = truncation.read(path) or (truncation.DEFAULT_MAX_LENGTH, "right")
+        except truncation.TruncationError as exc:
+            raise ModelError(str(exc)) from None
+        # SENTIMENT_MAX_LENGTH overrides the folder's length; the way texts are cut is always the folder's.
+        self.max_length = max_length or folder_length
         self.max_rows = max_rows
         self.max_tokens = max_tokens
         ref = model_ref(path, weights)
@@ -269,7 +275,9 @@ class Classifier:
         self.model = model
         pad = self.tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
-        self._fast = truncating_copy(self.tokenizer, max_length)
+        self._fast = truncating_copy(
+            self.tokenizer, None if self.truncation == "head+tail" else self.max_length
+        )
         self.classify(self.encode(["warm up"]))
         log.info(
             "model loaded",
@@ -279,6 +287,8 @@ class Classifier:
                 "device": str(self.device),
                 "precision": self.precision,
                 "precision_reason": self.precision_reason,
+                "max_length": self.max_length,
+                "truncation": self.truncation,
                 "tokenizer_threads": (
                     tokenizer_threads(os.environ, len(os.sched_getaffinity(0))) if self._fast else 1
                 ),
@@ -286,9 +296,16 @@ class Classifier:
         )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, truncated to max_length (special tokens included)."""
+        """Token ids per text, cut to max_length as the folder says (special tokens included)."""
         if not texts:
             return []
+        if self.truncation == "head+tail":
+            n = self.max_length
+            texts = [truncation.precut(t, n) for t in texts]
+            if self._fast is not None:
+                return [truncation.cut(e.ids, n) for e in self._fast(texts)]
+            out = self.tokenizer(texts, truncation=False, verbose=False)
+            return [truncation.cut(ids, n) for ids in out["input_ids"]]
         if self._fast is not None:
             return [e.ids for e in self._fast(list(texts))]
         out = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
@@ -342,8 +359,9 @@ def pad_rows(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np
     return ids, mask.astype(np.int64)
 
 
-def truncating_copy(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[Any]] | None:
-    """encode_batch of a private copy of the fast tokenizer, truncating to max_length, without padding.
+def truncating_copy(tokenizer: Any, max_length: int | None) -> Callable[[list[str]], list[Any]] | None:
+    """encode_batch of a private copy of the fast tokenizer, truncating to max_length (None: not at all; the
+    caller cuts head+tail), without padding.
 
     The same ids as ``tokenizer(texts, truncation=True, max_length=...)``, at a fraction of the Python cost:
     transformers turns every Encoding into dicts of lists (ids, type ids, masks) that the worker never uses,
@@ -354,7 +372,10 @@ def truncating_copy(tokenizer: Any, max_length: int) -> Callable[[list[str]], li
     if not isinstance(backend, Tokenizer):
         return None
     fast = Tokenizer.from_str(backend.to_str())
-    fast.enable_truncation(max_length)
+    if max_length is None:
+        fast.no_truncation()
+    else:
+        fast.enable_truncation(max_length)
     fast.no_padding()
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets the worker does not use.
     encode: Callable[[list[str]], list[Any]] = getattr(fast, "encode_batch_fast", fast.encode_batch)

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    model_dir: Path = Path("models/minilm-tweeteval")
+    model_dir: Path = Path("models/minilm-mixed")
     # A model registry (sentiment-train register/promote): serve the version MODEL_ALIAS names, and swap to
     # the one it names next without a restart. Takes the place of MODEL_DIR.
     model_registry: Path | None = None
@@ -45,7 +45,9 @@ class Settings(BaseSettings):
 
     batch_size: int | None = Field(default=None, ge=1, le=4096, description="default 32 on CPU, 128 on CUDA")
     max_wait_ms: int = Field(default=50, ge=0, le=60_000)
-    max_length: int = Field(default=128, ge=8, le=512)
+    max_length: int | None = Field(
+        default=None, ge=8, le=512, description="default: the model folder's truncation.json, else 128"
+    )
     max_batch_tokens: int | None = Field(
         default=None,
         ge=8,
@@ -158,7 +160,7 @@ class Settings(BaseSettings):
         return self.batch_size or (128 if device == "cuda" else 32)
 
     def effective_batch_tokens(self, device: str) -> int:
-        return self.max_batch_tokens or self.effective_batch_size(device) * self.max_length
+        return self.max_batch_tokens or self.effective_batch_size(device) * (self.max_length or 128)
 
     def effective_forward_tokens(self, device: str) -> int:
         return self.max_forward_tokens or default_forward_tokens(device)

@@ -837,7 +837,7 @@ def f22_alias_flips(case: Case) -> Outcome:
 
 
 def f1_real_model(case: Case) -> Outcome:
-    """F1 with the trained model (run.py gives REAL_MODEL scenarios models/minilm-tweeteval)."""
+    """F1 with the trained model (run.py gives REAL_MODEL scenarios models/minilm-mixed)."""
     return f1_baseline(case)
 
 
@@ -902,4 +902,4 @@ REAL_MODEL = {"F1r"}
 
 
 def real_model_dir() -> Path:
-    return ROOT / "models" / "minilm-tweeteval"
+    return ROOT / "models" / "minilm-mixed"

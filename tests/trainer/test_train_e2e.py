@@ -204,3 +204,130 @@ def test_train_uses_cuda_with_bf16(data: dict[str, Path], tmp_path: Path) -> Non
     )  # fmt: skip
     resolved = json.loads((out / "training_args.json").read_text())["resolved"]
     assert resolved["device"] == "cuda" and resolved["bf16"] is True
+
+
+# ---------------------------------------------------------------- the mixed recipe: tweets and reviews
+
+REVIEWS = DATASETS / "review_sentiment"
+
+
+@pytest.fixture(scope="module")
+def mixed_data(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if not (REVIEWS / "validation.jsonl").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"review data not found under {REVIEWS} (set SENTIMENT_DATASETS_DIR)")
+        pytest.skip(f"review data not found under {REVIEWS}")
+    folder = tmp_path_factory.mktemp("reviews") / "review_sentiment"
+    folder.mkdir()
+    lines = (REVIEWS / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+    # every 10th row: all three domains, long and short texts (the file is grouped by domain)
+    (folder / "validation.jsonl").write_text("\n".join(lines[::10]) + "\n", encoding="utf-8")
+    return {
+        **data,
+        "reviews_train": REVIEWS / "train.jsonl",
+        "reviews_validation": folder / "validation.jsonl",
+    }
+
+
+@pytest.fixture(scope="module")
+def mixed(
+    mixed_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("models") / "mixed"
+    result = cli(
+        "train", "--base-model", "minilm",
+        "--train", str(mixed_data["train"]), str(mixed_data["reviews_train"]),
+        "--validation", str(mixed_data["validation"]), str(mixed_data["reviews_validation"]),
+        "--weighted-loss", "--output", str(out), "--max-train-samples", "320", "--max-steps", "16",
+        "--eval-steps", "8", "--max-length", "64", "--threads", "2",
+    )  # fmt: skip
+    return out, last_json(result.stdout)
+
+
+def test_mixed_recipe_reports_each_validation_set_and_chooses_on_their_mean(
+    mixed: tuple[Path, dict[str, Any]],
+) -> None:
+    out, summary = mixed
+    metrics = json.loads((out / "metrics.json").read_text())
+    sets = metrics["validation_sets"]
+    assert (
+        len(sets) == 2 and list(sets)[1] == "review_sentiment/validation"
+    )  # folder/stem, in --validation order
+    assert [s["n"] for s in sets.values()] == [200, 200]
+    mean = metrics["validation"]
+    assert mean["macro_recall"] == pytest.approx(sum(s["macro_recall"] for s in sets.values()) / 2)
+    assert mean["macro_recall"] == summary["macro_recall"]
+    assert mean["min_class_recall"] == min(
+        c["recall"] for s in sets.values() for c in s["per_class"].values()
+    )
+    # the mean is what Trainer logged and picked the best checkpoint on
+    history = json.loads((out / "log_history.json").read_text())
+    assert [e["step"] for e in history if "eval_macro_recall" in e] == [8, 16]
+    assert json.loads((out / "truncation.json").read_text()) == {
+        "max_length": 64, "strategy": "head+tail", "head_tokens": 16,
+    }  # fmt: skip
+    resolved = json.loads((out / "training_args.json").read_text())["resolved"]
+    weights = resolved["class_weights"]
+    assert len(weights) == 2  # balanced within each training file, apart
+    for file, counts in resolved["train_counts_by_file"].items():
+        total = sum(counts.values())
+        assert sum(weights[file][c] * n for c, n in counts.items() if n) == pytest.approx(total, rel=1e-3)
+    card = (out / "README.md").read_text()
+    assert "Mean over the 2 sets" in card and "head+tail" in card
+    assert (out / "confusion_matrix.png").is_file()
+    assert len(list(out.glob("confusion_matrix.*.png"))) == 1
+    assert {s["n"] for s in json.loads((out / "precision.json").read_text())["bf16"]["sets"]} == {200}
+
+
+def test_evaluate_several_files_by_domain_and_by_length(
+    mixed: tuple[Path, dict[str, Any]], mixed_data: dict[str, Path], tmp_path: Path
+) -> None:
+    out, _ = mixed
+    files = [str(mixed_data["validation"]), str(mixed_data["reviews_validation"])]
+    report = tmp_path / "eval.json"
+    result = last_json(cli("evaluate", "--model", str(out), "--data", *files, "--report", str(report)).stdout)
+    assert (result["max_length"], result["truncation"]) == (64, "head+tail")  # the folder's own setting
+    sets = list(result["sets"].values())
+    assert [s["n"] for s in sets] == [200, 200]
+    assert result["mean"]["macro_recall"] == pytest.approx(
+        (sets[0]["macro_recall"] + sets[1]["macro_recall"]) / 2
+    )
+    trained = json.loads((out / "metrics.json").read_text())["validation_sets"]
+    for mine, theirs in zip(sets, trained.values(), strict=True):
+        assert abs(mine["accuracy"] - theirs["accuracy"]) <= 1 / 200
+    assert len(list(tmp_path.glob("eval.*.confusion_matrix.png"))) == 2
+
+    reviews = str(mixed_data["reviews_validation"])
+    by_domain = last_json(cli("evaluate", "--model", str(out), "--data", reviews, "--by", "domain").stdout)
+    domains = by_domain["by"]["domain"]
+    assert set(domains) == {"amazon", "clothing", "yelp"}
+    assert sum(d["n"] for d in domains.values()) == 200
+    by_stars = last_json(cli("evaluate", "--model", str(out), "--data", reviews, "--by", "stars").stdout)
+    assert list(by_stars["by"]["stars"]) == ["1", "2", "3", "4", "5"]
+    by_length = last_json(cli("evaluate", "--model", str(out), "--data", reviews, "--by", "tokens").stdout)
+    buckets = by_length["by"]["tokens"]
+    assert {"<=64", "65-128"} <= set(buckets) and sum(b["n"] for b in buckets.values()) == 200
+    right = last_json(cli("evaluate", "--model", str(out), "--data", reviews, "--truncation", "right").stdout)
+    assert right["truncation"] == "right" and right["n"] == 200
+
+
+def test_worker_serves_long_reviews_as_the_trainer_scores_them(
+    mixed: tuple[Path, dict[str, Any]], mixed_data: dict[str, Path]
+) -> None:
+    from worker.classifier import Classifier
+
+    out, _ = mixed
+    rows = [json.loads(line) for line in mixed_data["reviews_validation"].read_text().splitlines()]
+    long_texts = sorted((r["text"] for r in rows), key=len)[-3:]
+    clf = Classifier(out, device="cpu", threads=2)
+    assert (clf.max_length, clf.truncation) == (64, "head+tail")
+    assert all(len(ids) == 64 for ids in clf.encode(long_texts))
+    served = clf.classify(clf.encode(long_texts))
+    predicted = [
+        json.loads(line) for line in cli("predict", "--model", str(out), *long_texts).stdout.splitlines()
+    ]
+    for scores, line in zip(served, predicted, strict=True):
+        assert not isinstance(scores, Exception)
+        assert line["scores"] == pytest.approx(
+            {"negative": scores.negative, "neutral": scores.neutral, "positive": scores.positive}, abs=1e-3
+        )

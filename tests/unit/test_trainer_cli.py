@@ -86,6 +86,14 @@ def test_evaluate_bad_data(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     expect_exit_2(capsys, ["evaluate", "--model", model, "--data", odd, "--label-map", "meh"], "--label-map")
     good = write_jsonl(tmp_path / "good.jsonl", [{"text": "ok", "label": "neutral"}])
     expect_exit_2(capsys, ["evaluate", "--model", model, "--data", good], "no config.json")
+    # several files: every one is read (and checked) before the model is loaded
+    expect_exit_2(capsys, ["evaluate", "--model", model, "--data", good, odd], "unknown label 'meh'")
+    expect_exit_2(
+        capsys, ["evaluate", "--model", model, "--data", good, "--by", "domain"], "'domain' not found"
+    )
+    expect_exit_2(
+        capsys, ["evaluate", "--model", model, "--data", good, "--truncation", "middle"], "invalid choice"
+    )
 
 
 def test_train_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -106,7 +114,8 @@ def test_train_bad_data_before_any_model_work(capsys: pytest.CaptureFixture[str]
 
 def test_defaults_are_the_default_recipe() -> None:
     args = build_parser().parse_args(["train", "--base-model", "minilm", "--train", "t", "--output", "o"])
-    assert (args.epochs, args.learning_rate, args.batch_size, args.max_length) == (1.0, None, 32, 96)
+    assert (args.epochs, args.learning_rate, args.batch_size, args.max_length) == (1.0, None, 32, 128)
+    assert args.truncation == "head+tail" and args.validation is None
     assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.train_pooler) == (16, 32, 0.1, True)
     assert args.bf16 is None and args.full is False and args.weighted_loss is False
 

@@ -108,6 +108,7 @@ ROWS: list[dict[str, object]] = [
 
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -184,12 +185,44 @@ def test_validation_split_and_subset_are_stratified_and_disjoint(tmp_path: Path)
     # i % 4 % 3 cycles negative, neutral, positive, negative: 100 / 50 / 50 rows
     rows: list[dict[str, object]] = [{"text": f"text {i}", "label": LABELS[i % 4 % 3]} for i in range(200)]
     path = str(write_jsonl(tmp_path / "train.jsonl", rows))
-    train, validation = load_data(TrainConfig(base_model="minilm", train=[path], output="o"))
+    train, sets = load_data(TrainConfig(base_model="minilm", train=[path], output="o"))
+    [validation] = sets.values()
     assert (len(train), len(validation)) == (190, 10)
     assert validation.counts()["negative"] == 5  # half of the rows, half of the held-out set
     assert not set(train.texts) & set(validation.texts)
     config = TrainConfig(base_model="minilm", train=[path, path], output="o", max_train_samples=40)
-    train, validation = load_data(config)
+    train, _ = load_data(config)
     assert len(train) == 40 and train.counts()["negative"] == 20
     with pytest.raises(DataError, match="too few training rows"):
         load_data(TrainConfig(base_model="minilm", train=[path], output="o", validation_fraction=1.0))
+
+
+def test_several_validation_sets_keep_their_names_and_rows_remember_their_file(tmp_path: Path) -> None:
+    from trainer.train import TrainConfig, load_data
+
+    tweets = write_jsonl(tmp_path / "tweets" / "train.jsonl", [{"text": "a", "label": "neutral"}] * 3)
+    reviews = write_jsonl(tmp_path / "reviews" / "train.jsonl", [{"text": "b", "label": "positive"}] * 2)
+    val_a = write_jsonl(tmp_path / "tweets" / "validation.jsonl", [{"text": "c", "label": "negative"}])
+    val_b = write_jsonl(tmp_path / "reviews" / "validation.jsonl", [{"text": "d", "label": "neutral"}] * 2)
+    config = TrainConfig(
+        base_model="minilm",
+        train=[str(tweets), str(reviews)],
+        validation=[str(val_a), str(val_b)],
+        output="o",
+    )
+    train, sets = load_data(config)
+    assert list(sets) == ["tweets/validation", "reviews/validation"]
+    assert [len(d) for d in sets.values()] == [1, 2]
+    assert train.groups == [str(tweets)] * 3 + [str(reviews)] * 2
+
+
+def test_group_column_is_kept_as_text(tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [
+        {"text": "a", "label": "positive", "stars": 5, "domain": "yelp"},
+        {"text": "b", "label": "negative", "stars": 1},
+    ]
+    path = str(write_jsonl(tmp_path / "r.jsonl", rows))
+    assert load_labelled(path, group_column="stars").groups == ["5", "1"]
+    assert load_labelled(path, group_column="domain").groups == ["yelp", "(none)"]
+    with pytest.raises(DataError, match="column 'shop' not found"):
+        load_labelled(path, group_column="shop")

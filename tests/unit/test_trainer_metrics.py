@@ -80,3 +80,50 @@ def test_plots_write_png(tmp_path: Path) -> None:
     plot_training_curve(history, tmp_path / "curve.png")
     for name in ("cm.png", "curve.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_row_weights_balance_each_file_apart() -> None:
+    from trainer.train import row_weights
+
+    labels = [NEG, NEU, NEU, NEU, POS, POS, POS, NEG]
+    groups = ["tweets"] * 4 + ["reviews"] * 4
+    weights = row_weights(labels, groups)
+    # tweets: 1 negative, 3 neutral -> 4/(2*1), 4/(2*3); reviews: 3 positive, 1 negative -> 4/(2*3), 4/(2*1)
+    assert weights == pytest.approx([2.0, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2.0])
+    # each file keeps its share of the total weight
+    assert sum(weights[:4]) == pytest.approx(4) and sum(weights[4:]) == pytest.approx(4)
+    assert row_weights(labels, None) == pytest.approx([class_weights_of(labels)[y] for y in labels])
+
+
+def class_weights_of(labels: list[int]) -> list[float]:
+    from trainer.train import class_weights
+
+    return class_weights(labels)
+
+
+def test_mean_over_sets_counts_each_set_the_same() -> None:
+    from trainer.evaluate import mean_over_sets
+
+    big = classification_metrics([NEG, NEU, POS] * 10, [NEG, NEU, POS] * 10)  # all right
+    small = classification_metrics([NEG, NEU, POS], [NEG, NEG, POS])  # neutral missed
+    mean = mean_over_sets({"big": big, "small": small})
+    assert mean["macro_recall"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert mean["accuracy"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert mean["min_class_recall"] == 0.0
+    assert (mean["n"], mean["sets"]) == (33, ["big", "small"])
+
+
+def test_token_buckets_and_breakdown_in_numeric_order() -> None:
+    from trainer.evaluate import breakdown, token_bucket
+
+    assert [token_bucket(n) for n in (1, 64, 65, 128, 129, 256, 300, 512, 513)] == [
+        "<=64", "<=64", "65-128", "65-128", "129-256", "129-256", "257-512", "257-512", ">512",
+    ]  # fmt: skip
+    groups = ["10", "2", "1", "2", "(none)"]
+    out = breakdown([NEG, POS, POS, NEG, NEU], [NEG, POS, NEG, NEG, NEU], groups)
+    assert list(out) == ["1", "2", "10", "(none)"]
+    assert out["2"]["n"] == 2 and out["2"]["accuracy"] == 1.0
+    assert out["1"]["recall"] == {"positive": 0.0}
+    assert list(breakdown([NEG] * 3, [NEG] * 3, [">512", "<=64", "65-128"])) == [
+        "<=64", "65-128", ">512",
+    ]  # fmt: skip

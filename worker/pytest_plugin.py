@@ -39,6 +39,7 @@ REDIS_ENV = "SENTIMENT_REDIS_URL"
 DOCKER_OPT_ENV = "SENTIMENT_TEST_DOCKER"
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 REDIS_IMAGE = "redis:7"
+IMAGES = {"Kafka": KAFKA_IMAGE, "Redis": REDIS_IMAGE}
 STACK_UP_TIMEOUT_S = 600  # a cold run fetches ~45 MB of jars from Maven Central first
 READY_TIMEOUT_S = 20.0
 
@@ -147,6 +148,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _container_note(container: Any, image: str, address: str) -> str:
+    wrapped = container.get_wrapped_container()
+    note = f"container {wrapped.short_id} ({image}) at {address}"
+    log.info("started %s", note)
+    return note
+
+
 def _start_kafka_container() -> tuple[Any, str]:
     """An apache/kafka KRaft broker whose advertised listener is the host's mapped port.
 
@@ -228,6 +236,8 @@ class Services:
 
     rootpath: Path
     containers: list[Any] = field(default_factory=list)
+    # Where each service came from, for the session's closing summary: "Kafka" -> "container 3f2a... at ...".
+    sources: dict[str, str] = field(default_factory=dict)
     _stack: dict[str, str] | str | None = None
     _docker: bool | None = None
 
@@ -249,6 +259,7 @@ class Services:
             error = ready(given)
             if error:
                 unavailable(f"{env}={given}: {name} does not answer ({error})")
+            self.sources[name] = f"{env}={given}"
             return given
         reasons = []
         if self._docker is None:
@@ -260,6 +271,7 @@ class Services:
                 reasons.append(f"testcontainers: {_describe(exc)}")
             else:
                 self.containers.append(container)
+                self.sources[name] = _container_note(container, IMAGES[name], address)
                 return address
         else:
             reasons.append("no Docker engine answers")
@@ -270,6 +282,7 @@ class Services:
             address = stack.get(env, "")
             error = ready(address) if address else f".stack/env has no {env}"
             if error is None:
+                self.sources[name] = f"scripts/stack at {address}"
                 return address
             reasons.append(f"scripts/stack gave {address!r} but {name} does not answer ({error})")
         unavailable(f"no {name} for integration tests: set {env}, or: " + "; ".join(reasons))
@@ -316,11 +329,23 @@ class Services:
 # -------------------------------------------------------------------------------------- fixtures
 
 
+SERVICES_KEY = pytest.StashKey[Services]()
+
+
 @pytest.fixture(scope="session")
 def _sentiment_services(request: pytest.FixtureRequest) -> Iterator[Services]:
     services = Services(rootpath=Path(request.config.rootpath))
+    request.config.stash[SERVICES_KEY] = services
     yield services
     services.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """One line naming where Kafka and Redis came from, so a log shows which path the fixtures took."""
+    services = config.stash.get(SERVICES_KEY, None)
+    if services is not None and services.sources:
+        used = "; ".join(f"{name}: {where}" for name, where in services.sources.items())
+        terminalreporter.write_line(f"sentiment services: {used}")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@
 Load with ``pytest_plugins = ["worker.pytest_plugin"]``. Each service is found, in this order:
 
 1. ``SENTIMENT_KAFKA_BOOTSTRAP_SERVERS`` / ``SENTIMENT_REDIS_URL`` from the environment;
-2. containers started with testcontainers when a Docker engine answers (``SENTIMENT_TEST_DOCKER=0`` skips
-   this step), stopped at the end of the session;
+2. containers started with testcontainers when a Docker engine answers, stopped at the end of the session
+   (``SENTIMENT_TEST_DOCKER=0`` skips this step; ``SENTIMENT_TEST_DOCKER=1`` requires it: no fallback to 3);
 3. the local stack: ``scripts/stack up`` (Kafka and redis-server without Docker), left running afterwards
    so the next session starts in a second.
 
@@ -97,9 +97,19 @@ def redis_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> str | None:
         time.sleep(0.2)
 
 
+def docker_choice() -> str | None:
+    """SENTIMENT_TEST_DOCKER: "off" (0/false/no), "required" (1/true/yes), None (unset: use it if it answers)."""
+    value = os.environ.get(DOCKER_OPT_ENV, "").strip().lower()
+    if value in ("0", "false", "no"):
+        return "off"
+    if value in ("1", "true", "yes"):
+        return "required"
+    return None
+
+
 def docker_available() -> bool:
     """True when a Docker engine answers a ping within a few seconds (never hangs without one)."""
-    if os.environ.get(DOCKER_OPT_ENV, "1").lower() in ("0", "false", "no"):
+    if docker_choice() == "off":
         return False
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
         return False
@@ -264,16 +274,21 @@ class Services:
         reasons = []
         if self._docker is None:
             self._docker = docker_available()
+        required = docker_choice() == "required"
         if self._docker:
             try:
                 container, address = start_container()
             except Exception as exc:
+                if required:
+                    unavailable(f"{DOCKER_OPT_ENV}=1: no {name} container: testcontainers: {_describe(exc)}")
                 reasons.append(f"testcontainers: {_describe(exc)}")
             else:
                 self.containers.append(container)
                 self.sources[name] = _container_note(container, IMAGES[name], address)
                 return address
         else:
+            if required:
+                unavailable(f"{DOCKER_OPT_ENV}=1 but no Docker engine answers (DOCKER_HOST, /var/run/docker.sock)")
             reasons.append("no Docker engine answers")
         stack = self._stack_env()
         if isinstance(stack, str):

@@ -98,7 +98,7 @@ def redis_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> str | None:
 
 
 def docker_choice() -> str | None:
-    """SENTIMENT_TEST_DOCKER: "off" (0/false/no), "required" (1/true/yes), None (unset: use it if it answers)."""
+    """SENTIMENT_TEST_DOCKER: "off" (0/false/no), "required" (1/true/yes), None (unset: use it if it can)."""
     value = os.environ.get(DOCKER_OPT_ENV, "").strip().lower()
     if value in ("0", "false", "no"):
         return "off"
@@ -288,7 +288,7 @@ class Services:
                 return address
         else:
             if required:
-                unavailable(f"{DOCKER_OPT_ENV}=1 but no Docker engine answers (DOCKER_HOST, /var/run/docker.sock)")
+                unavailable(f"{DOCKER_OPT_ENV}=1 but no Docker engine answers (see DOCKER_HOST)")
             reasons.append("no Docker engine answers")
         stack = self._stack_env()
         if isinstance(stack, str):

@@ -5,8 +5,9 @@ Load with ``pytest_plugins = ["worker.pytest_plugin"]``. Each service is found, 
 1. ``SENTIMENT_KAFKA_BOOTSTRAP_SERVERS`` / ``SENTIMENT_REDIS_URL`` from the environment;
 2. containers started with testcontainers when a Docker engine answers, stopped at the end of the session
    (``SENTIMENT_TEST_DOCKER=0`` skips this step; ``SENTIMENT_TEST_DOCKER=1`` requires it: no fallback to 3);
-3. the local stack: ``scripts/stack up`` (Kafka and redis-server without Docker), left running afterwards
-   so the next session starts in a second.
+3. the local stack: ``scripts/stack up`` in the repository, else the packaged ``sentiment-stack up`` with its
+   files in the rootdir's ``.stack/`` (Kafka and redis-server without Docker, needing Java, Maven and
+   redis-server), left running afterwards so the next session starts in a second.
 
 When none works the tests that need the service are skipped with the reason, or fail under ``CI=true``:
 CI must never pass by skipping its integration tests.
@@ -23,6 +24,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -232,12 +234,14 @@ def _start_redis_container() -> tuple[Any, str]:
     return container, url
 
 
-def _stack_script(rootpath: Path) -> Path | None:
+def _stack_command(rootpath: Path) -> tuple[list[str], Path, str]:
+    """(command line, STACK_HOME, name) of the local stack: the repository's scripts/stack when this runs
+    from a checkout, else the copy that ships in the package (``sentiment-stack``)."""
     for base in (rootpath, Path(__file__).resolve().parents[1]):
         script = base / "scripts" / "stack"
         if script.is_file():
-            return script
-    return None
+            return [str(script), "up"], base, "scripts/stack"
+    return [sys.executable, "-m", "worker.stack", "up"], rootpath, "sentiment-stack"
 
 
 @dataclass
@@ -249,6 +253,7 @@ class Services:
     # Where each service came from, for the session's closing summary: "Kafka" -> "container 3f2a... at ...".
     sources: dict[str, str] = field(default_factory=dict)
     _stack: dict[str, str] | str | None = None
+    _stack_name: str = "scripts/stack"
     _docker: bool | None = None
 
     def kafka(self) -> str:
@@ -297,41 +302,39 @@ class Services:
             address = stack.get(env, "")
             error = ready(address) if address else f".stack/env has no {env}"
             if error is None:
-                self.sources[name] = f"scripts/stack at {address}"
+                self.sources[name] = f"{self._stack_name} at {address}"
                 return address
-            reasons.append(f"scripts/stack gave {address!r} but {name} does not answer ({error})")
+            reasons.append(f"{self._stack_name} gave {address!r} but {name} does not answer ({error})")
         unavailable(f"no {name} for integration tests: set {env}, or: " + "; ".join(reasons))
 
     def _stack_env(self) -> dict[str, str] | str:
         """The variables from `scripts/stack up`, or why they could not be had."""
         if self._stack is not None:
             return self._stack
-        script = _stack_script(self.rootpath)
-        if script is None:
-            self._stack = "scripts/stack not found (run from the repository)"
-            return self._stack
-        stack_dir = Path(os.environ.get("STACK_DIR") or script.parents[1] / ".stack")
+        command, home, self._stack_name = _stack_command(self.rootpath)
+        stack_dir = Path(os.environ.get("STACK_DIR") or home / ".stack")
         try:
             proc = subprocess.run(
-                [str(script), "up"],
-                cwd=script.parents[1],
+                command,
+                cwd=home,
+                env={**os.environ, "STACK_HOME": str(home)},
                 capture_output=True,
                 text=True,
                 timeout=STACK_UP_TIMEOUT_S,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            self._stack = f"scripts/stack up: {exc}"
+            self._stack = f"{self._stack_name} up: {exc}"
             return self._stack
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
-            self._stack = f"scripts/stack up failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+            self._stack = f"{self._stack_name} up failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
             return self._stack
-        log.info("scripts/stack up: %s", proc.stdout.strip())
+        log.info("%s up: %s", self._stack_name, proc.stdout.strip())
         try:
             self._stack = read_env_file(stack_dir / "env")
         except OSError as exc:
-            self._stack = f"scripts/stack up wrote no env file: {exc}"
+            self._stack = f"{self._stack_name} up wrote no env file: {exc}"
         return self._stack
 
     def close(self) -> None:

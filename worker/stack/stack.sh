@@ -619,7 +619,10 @@ restart-kafka) cmd_restart_kafka ;;
 restart-redis) cmd_restart_redis ;;
 reset) cmd_reset ;;
 help | -h | --help) usage ;;
-"") die "no command (try: $NAME help)" ;;
+"")
+    echo "$NAME: error: no command (try: $NAME help)" >&2
+    exit 2
+    ;;
 *)
     echo "$NAME: error: unknown command '$1' (try: $NAME help)" >&2
     exit 2

@@ -3,10 +3,11 @@
 Load with ``pytest_plugins = ["worker.pytest_plugin"]``. Each service is found, in this order:
 
 1. ``SENTIMENT_KAFKA_BOOTSTRAP_SERVERS`` / ``SENTIMENT_REDIS_URL`` from the environment;
-2. containers started with testcontainers when a Docker engine answers (``SENTIMENT_TEST_DOCKER=0`` skips
-   this step), stopped at the end of the session;
-3. the local stack: ``scripts/stack up`` (Kafka and redis-server without Docker), left running afterwards
-   so the next session starts in a second.
+2. containers started with testcontainers when a Docker engine answers, stopped at the end of the session
+   (``SENTIMENT_TEST_DOCKER=0`` skips this step; ``SENTIMENT_TEST_DOCKER=1`` requires it: no fallback to 3);
+3. the local stack: ``scripts/stack up`` in the repository, else the packaged ``sentiment-stack up`` with its
+   files in the rootdir's ``.stack/`` (Kafka and redis-server without Docker, needing Java, Maven and
+   redis-server), left running afterwards so the next session starts in a second.
 
 When none works the tests that need the service are skipped with the reason, or fail under ``CI=true``:
 CI must never pass by skipping its integration tests.
@@ -23,6 +24,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ REDIS_ENV = "SENTIMENT_REDIS_URL"
 DOCKER_OPT_ENV = "SENTIMENT_TEST_DOCKER"
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 REDIS_IMAGE = "redis:7"
+IMAGES = {"Kafka": KAFKA_IMAGE, "Redis": REDIS_IMAGE}
 STACK_UP_TIMEOUT_S = 600  # a cold run fetches ~45 MB of jars from Maven Central first
 READY_TIMEOUT_S = 20.0
 
@@ -96,9 +99,19 @@ def redis_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> str | None:
         time.sleep(0.2)
 
 
+def docker_choice() -> str | None:
+    """SENTIMENT_TEST_DOCKER: "off" (0/false/no), "required" (1/true/yes), None (unset: use it if it can)."""
+    value = os.environ.get(DOCKER_OPT_ENV, "").strip().lower()
+    if value in ("0", "false", "no"):
+        return "off"
+    if value in ("1", "true", "yes"):
+        return "required"
+    return None
+
+
 def docker_available() -> bool:
     """True when a Docker engine answers a ping within a few seconds (never hangs without one)."""
-    if os.environ.get(DOCKER_OPT_ENV, "1").lower() in ("0", "false", "no"):
+    if docker_choice() == "off":
         return False
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
         return False
@@ -145,6 +158,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _container_note(container: Any, image: str, address: str) -> str:
+    wrapped = container.get_wrapped_container()
+    note = f"container {wrapped.short_id} ({image}) at {address}"
+    log.info("started %s", note)
+    return note
 
 
 def _start_kafka_container() -> tuple[Any, str]:
@@ -214,12 +234,14 @@ def _start_redis_container() -> tuple[Any, str]:
     return container, url
 
 
-def _stack_script(rootpath: Path) -> Path | None:
+def _stack_command(rootpath: Path) -> tuple[list[str], Path, str]:
+    """(command line, STACK_HOME, name) of the local stack: the repository's scripts/stack when this runs
+    from a checkout, else the copy that ships in the package (``sentiment-stack``)."""
     for base in (rootpath, Path(__file__).resolve().parents[1]):
         script = base / "scripts" / "stack"
         if script.is_file():
-            return script
-    return None
+            return [str(script), "up"], base, "scripts/stack"
+    return [sys.executable, "-m", "worker.stack", "up"], rootpath, "sentiment-stack"
 
 
 @dataclass
@@ -228,7 +250,10 @@ class Services:
 
     rootpath: Path
     containers: list[Any] = field(default_factory=list)
+    # Where each service came from, for the session's closing summary: "Kafka" -> "container 3f2a... at ...".
+    sources: dict[str, str] = field(default_factory=dict)
     _stack: dict[str, str] | str | None = None
+    _stack_name: str = "scripts/stack"
     _docker: bool | None = None
 
     def kafka(self) -> str:
@@ -249,19 +274,26 @@ class Services:
             error = ready(given)
             if error:
                 unavailable(f"{env}={given}: {name} does not answer ({error})")
+            self.sources[name] = f"{env}={given}"
             return given
         reasons = []
         if self._docker is None:
             self._docker = docker_available()
+        required = docker_choice() == "required"
         if self._docker:
             try:
                 container, address = start_container()
             except Exception as exc:
+                if required:
+                    unavailable(f"{DOCKER_OPT_ENV}=1: no {name} container: testcontainers: {_describe(exc)}")
                 reasons.append(f"testcontainers: {_describe(exc)}")
             else:
                 self.containers.append(container)
+                self.sources[name] = _container_note(container, IMAGES[name], address)
                 return address
         else:
+            if required:
+                unavailable(f"{DOCKER_OPT_ENV}=1 but no Docker engine answers (see DOCKER_HOST)")
             reasons.append("no Docker engine answers")
         stack = self._stack_env()
         if isinstance(stack, str):
@@ -270,40 +302,39 @@ class Services:
             address = stack.get(env, "")
             error = ready(address) if address else f".stack/env has no {env}"
             if error is None:
+                self.sources[name] = f"{self._stack_name} at {address}"
                 return address
-            reasons.append(f"scripts/stack gave {address!r} but {name} does not answer ({error})")
+            reasons.append(f"{self._stack_name} gave {address!r} but {name} does not answer ({error})")
         unavailable(f"no {name} for integration tests: set {env}, or: " + "; ".join(reasons))
 
     def _stack_env(self) -> dict[str, str] | str:
         """The variables from `scripts/stack up`, or why they could not be had."""
         if self._stack is not None:
             return self._stack
-        script = _stack_script(self.rootpath)
-        if script is None:
-            self._stack = "scripts/stack not found (run from the repository)"
-            return self._stack
-        stack_dir = Path(os.environ.get("STACK_DIR") or script.parents[1] / ".stack")
+        command, home, self._stack_name = _stack_command(self.rootpath)
+        stack_dir = Path(os.environ.get("STACK_DIR") or home / ".stack")
         try:
             proc = subprocess.run(
-                [str(script), "up"],
-                cwd=script.parents[1],
+                command,
+                cwd=home,
+                env={**os.environ, "STACK_HOME": str(home)},
                 capture_output=True,
                 text=True,
                 timeout=STACK_UP_TIMEOUT_S,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            self._stack = f"scripts/stack up: {exc}"
+            self._stack = f"{self._stack_name} up: {exc}"
             return self._stack
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
-            self._stack = f"scripts/stack up failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+            self._stack = f"{self._stack_name} up failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
             return self._stack
-        log.info("scripts/stack up: %s", proc.stdout.strip())
+        log.info("%s up: %s", self._stack_name, proc.stdout.strip())
         try:
             self._stack = read_env_file(stack_dir / "env")
         except OSError as exc:
-            self._stack = f"scripts/stack up wrote no env file: {exc}"
+            self._stack = f"{self._stack_name} up wrote no env file: {exc}"
         return self._stack
 
     def close(self) -> None:
@@ -316,11 +347,23 @@ class Services:
 # -------------------------------------------------------------------------------------- fixtures
 
 
+SERVICES_KEY = pytest.StashKey[Services]()
+
+
 @pytest.fixture(scope="session")
 def _sentiment_services(request: pytest.FixtureRequest) -> Iterator[Services]:
     services = Services(rootpath=Path(request.config.rootpath))
+    request.config.stash[SERVICES_KEY] = services
     yield services
     services.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """One line naming where Kafka and Redis came from, so a log shows which path the fixtures took."""
+    services = config.stash.get(SERVICES_KEY, None)
+    if services is not None and services.sources:
+        used = "; ".join(f"{name}: {where}" for name, where in services.sources.items())
+        terminalreporter.write_line(f"sentiment services: {used}")
 
 
 @pytest.fixture(scope="session")

@@ -139,7 +139,7 @@ class Topics:
 
 def make_topics(s: Secured) -> Topics:
     tag = uuid.uuid4().hex[:8]
-    # Names under the worker user's ACL prefixes (scripts/secure/kafka-worker.acl).
+    # Names under the worker user's ACL prefixes (worker/stack/secure/kafka-worker.acl).
     t = Topics(
         f"reviews-{tag}", f"sentiment-results-{tag}", f"sentiment-dlq-{tag}", f"sentiment-worker-{tag}"
     )

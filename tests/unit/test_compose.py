@@ -63,6 +63,10 @@ def test_kafka_is_a_single_kraft_node_of_apache_kafka_4(services: dict[str, Any]
         assert env[key] == "1", key
     listeners = dict(item.split("://", 1)[0:2] for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
     assert listeners["PLAINTEXT"] == "kafka:9092"
+    # The host listener advertises the address its port is published on (loopback only, IPv4).
+    published = {p.rsplit(":", 1)[-1]: p.rsplit(":", 2)[0] for p in kafka["ports"]}
+    host, port = listeners["HOST"].removeprefix("//").rsplit(":", 1)
+    assert published[port] == host == "127.0.0.1"
     assert "kafka-broker-api-versions.sh" in " ".join(words(kafka["healthcheck"]["test"]))
 
 

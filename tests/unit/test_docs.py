@@ -102,7 +102,7 @@ def make_targets() -> set[str]:
 
 
 def stack_commands() -> set[str]:
-    text = (ROOT / "scripts" / "stack").read_text(encoding="utf-8")
+    text = (ROOT / "worker" / "stack" / "stack.sh").read_text(encoding="utf-8")
     return set(re.findall(r"^([a-z-]+)\)", text, re.MULTILINE))
 
 
@@ -124,7 +124,7 @@ def check(page: str, words: list[str]) -> bool:
     elif head == "make":
         targets = [a for a in args if "=" not in a]
         assert set(targets) <= make_targets(), (page, words)
-    elif head == "scripts/stack":
+    elif head in ("scripts/stack", "sentiment-stack"):
         assert args[0] in stack_commands(), (page, words)
     elif head == ".venv/bin/python" and args[0] == "-m":
         sys.path.insert(0, str(ROOT))

@@ -1,0 +1,3 @@
+from worker.stack import main
+
+main()

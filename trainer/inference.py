@@ -56,7 +56,10 @@ def load_classifier(model_dir: str, device: str | None = None, precision: str = 
     elif precision != "fp32":
         raise ModelError(f"unknown precision {precision!r}: use fp32, bf16 or int8")
     model.to(dev).eval()
-    max_length, strategy = truncation.read(path) or (DEFAULT_MAX_LENGTH, "right")
+    try:
+        max_length, strategy = truncation.read(path) or (DEFAULT_MAX_LENGTH, "right")
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
     return Classifier(
         model=model,
         tokenizer=tokenizer,

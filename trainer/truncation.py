@@ -65,10 +65,16 @@ def write(folder: Path, max_length: int, strategy: str) -> None:
 
 
 def read(folder: Path) -> tuple[int, str] | None:
-    """(max_length, strategy) the folder was trained with; None for a folder from before this file existed."""
-    try:
-        setting = json.loads((folder / FILE).read_text())
-        max_length, strategy = int(setting["max_length"]), str(setting["strategy"])
-    except (OSError, ValueError, KeyError, TypeError):
+    """(max_length, strategy) the folder was trained with; None for a folder from before this file existed.
+    A file that cannot be followed raises ValueError: scoring such a folder some other way would mislead."""
+    path = folder / FILE
+    if not path.exists():
         return None
-    return (max_length, strategy) if strategy in STRATEGIES and max_length >= 8 else None
+    try:
+        setting = json.loads(path.read_text())
+        max_length, strategy = int(setting["max_length"]), str(setting["strategy"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__})") from None
+    if strategy not in STRATEGIES or not 8 <= max_length <= 4096:
+        raise ValueError(f"{path}: unknown strategy {strategy!r} or max_length {max_length}")
+    return max_length, strategy

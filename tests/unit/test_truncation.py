@@ -98,3 +98,14 @@ def test_trainer_inference_reads_the_folders_setting(tiny_model: Callable[..., P
     for row, scores in zip(ours, theirs, strict=True):
         assert not isinstance(scores, Exception)
         assert row.tolist() == pytest.approx([scores.negative, scores.neutral, scores.positive], abs=1e-4)
+
+
+def test_trainer_inference_refuses_a_truncation_file_it_cannot_follow(
+    tiny_model: Callable[..., Path], tmp_path: Path
+) -> None:
+    from trainer.inference import load_classifier
+    from trainer.models import ModelError as TrainerModelError
+
+    folder = folder_with(tiny_model, tmp_path, {"max_length": 128, "strategy": "middle"})
+    with pytest.raises(TrainerModelError, match=r"truncation\.json"):
+        load_classifier(str(folder), device="cpu")

@@ -118,7 +118,13 @@ def build_parser() -> OneLineParser:
     t.add_argument("--weight-decay", type=_number(float, 0), default=0.01, help="(default: 0.01)")
     t.add_argument("--lora-r", type=positive_int, default=16, help="LoRA rank (default: 16)")
     t.add_argument("--lora-alpha", type=positive_int, default=32, help="LoRA alpha (default: 32)")
-    t.add_argument("--lora-dropout", type=_number(float, 0, 0.9), default=0.1, help="(default: 0.1)")
+    t.add_argument(
+        "--dropout",
+        type=_number(float, 0, 0.9),
+        default=0.0,
+        help="dropout in the base model and on the adapter's input while training (default: 0; a run of an "
+        "epoch or less sees each row once)",
+    )
     t.add_argument(
         "--lora-target-modules",
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
@@ -162,7 +168,7 @@ def build_parser() -> OneLineParser:
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bf16 mixed precision (default: on when CUDA supports it)",
+        help="bf16 mixed precision (default: on when CUDA supports it or the CPU has AMX-BF16)",
     )
     t.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: cores, at most 8)")
     t.add_argument("--data-license", help="licence statement for the model card")

@@ -89,10 +89,10 @@ def model_card(cfg: TrainConfig, resolved: dict[str, Any], summary: dict[str, An
     base = BASE_DESCRIPTIONS.get(cfg.base_model, f"`{cfg.base_model}`")
     saved = resolved.get("modules_to_save", [])
     if cfg.full:
-        method = "full fine-tuning (all weights)"
+        method = f"full fine-tuning (all weights), dropout {cfg.dropout}"
     else:
         method = (
-            f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
+            f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout {cfg.dropout}, on "
             f"{', '.join(resolved.get('lora_target_modules', []))}; trained in full: {', '.join(saved)}; "
             "merged into the base weights (the adapter alone is in `adapter/`)"
         )

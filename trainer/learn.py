@@ -366,6 +366,7 @@ def _train_config(recipe: dict[str, Any], options: LearnOptions, train: list[str
     }
     keep.update(train=train, validation=list(options.validation), output=str(output))
     keep.setdefault("truncation", "right")  # a champion from before truncation.json was cut on the right
+    keep.setdefault("dropout", recipe.get("lora_dropout", 0.1))  # before --dropout: 0.1 in base and adapter
     if options.max_steps is not None:
         keep["max_steps"] = options.max_steps
     return TrainConfig(**keep)

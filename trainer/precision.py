@@ -62,6 +62,11 @@ def compare(fp32: dict[str, float], bf16: dict[str, float]) -> dict[str, float]:
 
 def measure_bf16(model_dir: Path, sets: Sequence[LabelledData]) -> dict[str, Any]:
     """Score every set with fp32 and bf16 weights on the CPU; the evidence to write as precision.json."""
+    return measure(model_dir, sets)[0]
+
+
+def measure(model_dir: Path, sets: Sequence[LabelledData]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The evidence, and the fp32 metrics of each set (the export's own validation figures)."""
     from trainer.inference import load_classifier, predict_scores
 
     if not sets:
@@ -69,13 +74,15 @@ def measure_bf16(model_dir: Path, sets: Sequence[LabelledData]) -> dict[str, Any
     started = time.monotonic()
     models = {p: load_classifier(str(model_dir), device="cpu", precision=p) for p in ("fp32", "bf16")}
     rows: list[dict[str, Any]] = []
+    fp32_metrics: list[dict[str, Any]] = []
     for data in sets:
-        metrics: dict[str, dict[str, float]] = {}
+        metrics: dict[str, dict[str, Any]] = {}
         predictions: dict[str, np.ndarray] = {}
         for name, clf in models.items():
             scores = predict_scores(clf, data.texts, batch_size=BATCH)  # cut as truncation.json says
             predictions[name] = np.argmax(scores, axis=1)
             metrics[name] = classification_metrics(data.labels, predictions[name].tolist())
+        fp32_metrics.append(metrics["fp32"])
         rows.append(
             {
                 "source": data.source,
@@ -85,7 +92,7 @@ def measure_bf16(model_dir: Path, sets: Sequence[LabelledData]) -> dict[str, Any
             }
         )
     worst = max(float(r["macro_recall_loss_points"]) for r in rows)
-    return {
+    evidence = {
         "bf16": {
             "macro_recall_loss_points": worst,
             "sets": rows,
@@ -98,6 +105,7 @@ def measure_bf16(model_dir: Path, sets: Sequence[LabelledData]) -> dict[str, Any
             "seconds": round(time.monotonic() - started, 1),
         }
     }
+    return evidence, fp32_metrics
 
 
 def write(model_dir: Path, evidence: dict[str, Any]) -> Path:

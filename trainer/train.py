@@ -63,7 +63,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    # Every dropout of the base model and the adapter's input dropout. Off by default: a run of an epoch or
+    # less sees each row once, so there is nothing to regularise, and on the CPU dropout's random masks
+    # were about 60 % of a training step (docs/training.md).
+    dropout: float = 0.0
     lora_target_modules: list[str] | None = None
     train_pooler: bool = True
     full: bool = False
@@ -73,7 +76,7 @@ class TrainConfig:
     metric: str = "macro_recall"
     group_by_length: bool = True
     seed: int = 42
-    bf16: bool | None = None  # None: on when CUDA supports it
+    bf16: bool | None = None  # None: on when CUDA supports it, or the CPU has AMX-BF16
     threads: int | None = None
     data_license: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -214,9 +217,10 @@ def _scalar_metrics(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"]}
 
 
-def _load_base(cfg: TrainConfig, base_path: str) -> tuple[Any, Any]:
+def _load_base(cfg: TrainConfig, base_path: str, attention: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    extra = {"attn_implementation": attention} if attention else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -228,12 +232,23 @@ def _load_base(cfg: TrainConfig, base_path: str) -> tuple[Any, Any]:
             dtype=torch.float32,  # mixed precision, when on, is autocast; master weights stay fp32
             use_safetensors=True,
             trust_remote_code=False,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base model {cfg.base_model!r}: {str(exc).splitlines()[0]}") from None
+    set_dropout(model, cfg.dropout)
     # Sentence-transformers checkpoints still say architectures=["BertModel"]; the export must name the head.
     model.config.architectures = [type(model).__name__]
     return tokenizer, model
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Every nn.Dropout of the model (attention dropout included: BERT's attention reads its module's p);
+    the config keeps the base's values, so a model trained from the export starts from them again."""
+    modules = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in modules:
+        m.p = p
+    return len(modules)
 
 
 def _wrap_lora(cfg: TrainConfig, model: Any) -> tuple[Any, dict[str, Any]]:
@@ -249,7 +264,7 @@ def _wrap_lora(cfg: TrainConfig, model: Any) -> tuple[Any, dict[str, Any]]:
         task_type=TaskType.SEQ_CLS,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        lora_dropout=cfg.dropout,
         target_modules=targets,
         modules_to_save=list(to_save),  # peft appends its own defaults to this list
     )
@@ -332,8 +347,17 @@ def _device_and_precision(cfg: TrainConfig) -> tuple[str, bool]:
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported() if cfg.bf16 is None else cfg.bf16
         return "cuda", bool(bf16)
-    # On a CPU, bf16 autocast pays only with native bf16 matrix units (AMX); off unless asked for.
-    return "cpu", bool(cfg.bf16)
+    # On a CPU, bf16 autocast pays only with native bf16 matrix units (AMX).
+    from trainer.precision import amx_bf16
+
+    return "cpu", amx_bf16() if cfg.bf16 is None else cfg.bf16
+
+
+def attention_for(device: str, bf16: bool) -> str | None:
+    """PURE: the attention to train with. torch's CPU flash attention is about 7x slower backwards in bf16
+    than in fp32 (measured, torch 2.15), more than bf16 gains in the matrix products, so bf16 on a CPU
+    trains with the eager attention; elsewhere the model's default."""
+    return "eager" if device == "cpu" and bf16 else None
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -375,7 +399,8 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         log.info("validation %s: %d rows %s", name, len(data), data.counts())
     base_path = resolve_base_model(cfg.base_model)
     log.info("loading %s; its new classification head is reported as MISSING (newly initialised)", base_path)
-    tokenizer, model = _load_base(cfg, base_path)
+    attention = attention_for(device, bf16)
+    tokenizer, model = _load_base(cfg, base_path, attention)
     use_cache = getattr(model.config, "use_cache", None)  # not every config has it (MPNet)
     resolved: dict[str, Any] = {"base_model_path": base_path, "model_type": model.config.model_type}
     if not cfg.full:
@@ -399,6 +424,7 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         eval_steps=eval_steps,
         device=device,
         bf16=bf16,
+        attention=model.config._attn_implementation,
         threads=threads,
         class_weights=_weights_by_file(train_data, weights),
         train_rows=len(train_data),
@@ -453,24 +479,6 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         callbacks=callbacks,
     )
     train_result = trainer.train()
-    per_set: dict[str, dict[str, Any]] = {}
-    for (name, data), ds in zip(val_sets.items(), val_ds.values(), strict=True):
-        prediction = trainer.predict(ds, metric_key_prefix="eval")
-        assert prediction.label_ids is not None
-        per_set[name] = {
-            "source": data.source,
-            **classification_metrics(
-                prediction.label_ids.tolist(), np.argmax(prediction.predictions, axis=-1).tolist()
-            ),
-        }
-        log.info(
-            "validation %s: macro_recall %.4f accuracy %.4f macro_f1 %.4f",
-            name,
-            per_set[name]["macro_recall"],
-            per_set[name]["accuracy"],
-            per_set[name]["macro_f1"],
-        )
-    metrics = mean_over_sets(per_set)
 
     model = trainer.model
     if not cfg.full:
@@ -490,11 +498,25 @@ def _run(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         enc = tokenizer(sample, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt")
         expected = torch.softmax(model(**enc).logits.float(), dim=-1).numpy()
     verify_export(out, sample, expected, cfg.max_length)
-    # The worker serves bf16 on a CPU with AMX only when this records a small enough loss (precision.json).
-    from trainer.precision import measure_bf16, write
+    # The export's own fp32 scores, as `evaluate` and the worker compute them (training may have been bf16);
+    # bf16 against them is the evidence the worker needs to serve bf16 on a CPU with AMX (precision.json).
+    from trainer.precision import measure, write
 
-    precision = measure_bf16(out, list(val_sets.values()))
+    precision, fp32_metrics = measure(out, list(val_sets.values()))
     write(out, precision)
+    per_set = {
+        name: {"source": data.source, **m}
+        for (name, data), m in zip(val_sets.items(), fp32_metrics, strict=True)
+    }
+    for name, m in per_set.items():
+        log.info(
+            "validation %s: macro_recall %.4f accuracy %.4f macro_f1 %.4f",
+            name,
+            m["macro_recall"],
+            m["accuracy"],
+            m["macro_f1"],
+        )
+    metrics = mean_over_sets(per_set)
     log.info(
         "bf16 on CPU: %+.2f points of validation macro recall", -precision["bf16"]["macro_recall_loss_points"]
     )

@@ -63,7 +63,7 @@ def test_offline_hub_dataset_fails_clearly(tmp_path: Path) -> None:
         ([], "required"),
         ([*TRAIN, "--epochs", "0"], "must be >"),
         ([*TRAIN, "--lr", "fast"], "not a valid"),
-        ([*TRAIN, "--lora-dropout", "2"], "<= 0.9"),
+        ([*TRAIN, "--dropout", "2"], "<= 0.9"),
         (["evaluate", "--model", "m"], "--data"),
         (["predict", "--model", "m"], "TEXT"),
         (["evaluate", "--model", "m", "--data", "d.jsonl", "--label-scheme", "odd"], "invalid choice"),
@@ -116,7 +116,7 @@ def test_defaults_are_the_default_recipe() -> None:
     args = build_parser().parse_args(["train", "--base-model", "minilm", "--train", "t", "--output", "o"])
     assert (args.epochs, args.learning_rate, args.batch_size, args.max_length) == (1.0, None, 32, 128)
     assert args.truncation == "head+tail" and args.validation is None
-    assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.train_pooler) == (16, 32, 0.1, True)
+    assert (args.lora_r, args.lora_alpha, args.dropout, args.train_pooler) == (16, 32, 0.0, True)
     assert args.bf16 is None and args.full is False and args.weighted_loss is False
 
 

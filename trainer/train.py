@@ -64,8 +64,8 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     # Every dropout of the base model and the adapter's input dropout. Off by default: a run of an epoch or
-    # less sees each row once, so there is nothing to regularise, and on the CPU dropout's random masks
-    # were about 60 % of a training step (docs/training.md).
+    # less sees each row once, so there is nothing to regularise, and on the CPU dropout (its random masks,
+    # and the unfused attention an attention dropout forces) cost more than half of a step (docs/training.md).
     dropout: float = 0.0
     lora_target_modules: list[str] | None = None
     train_pooler: bool = True

@@ -784,7 +784,7 @@ def f21_kill_during_model_load(case: Case) -> Outcome:
         problems.append(f"aliases changed by the kill: {reg.aliases()}")
     problems += [f"version {v} no longer verifies: {e}" for v in (a, b) if (e := _verify_error(reg, v))]
     feeder.join()
-    after = case.run_until_idle(**env)
+    after = case.run_until_idle(5, 180, **env)
     if f'"version": "{b}"' not in after.log().split('"worker started"', 1)[-1].split("\n", 1)[0]:
         problems.append("the restarted worker did not start on the new champion")
     seen = _versions_seen(case)

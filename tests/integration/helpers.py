@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def make_traffic(t: Topics, n: int, n_bad: int, seed: int = 7) -> Traffic:
     return Traffic(records, valid, bad)
 
 
-def produce(kafka: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+def produce(kafka: str, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
     producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     for topic, key, value in records:
         producer.send(topic, key=key, value=value)

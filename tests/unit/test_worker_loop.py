@@ -522,7 +522,7 @@ def test_a_message_the_model_cannot_classify_alone_is_dead_lettered_and_the_rest
             MemoryError("out of memory") if len(e) > 6 else s for e, s in zip(encoded, scores, strict=True)
         ]
 
-    h.model.classify = out_of_memory_on_long  # type: ignore[method-assign]
+    h.model.classify = out_of_memory_on_long  # type: ignore[method-assign,assignment]
     h.source.add("reviews", 0, [review(0), review(1, "good " * 10), review(2)])
     run_one(h)
     assert [json.loads(r.value or b"")["id"] for r in h.sink.on("out")] == ["r0", "r2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import pytest
@@ -55,7 +55,10 @@ def release() -> Iterator[threading.Event]:
 
 
 def make_sink(
-    release: threading.Event, *, hang: set[str] = frozenset(), raises: dict[str, Exception] | None = None
+    release: threading.Event,
+    *,
+    hang: Collection[str] = frozenset(),
+    raises: dict[str, Exception] | None = None,
 ) -> tuple[KafkaSink, FakeProducer]:
     made: list[FakeProducer] = []
 

@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive, help="worker messages per round (default 600; quick 100)")
     p.add_argument("--baseline-n", type=_positive, help="baseline messages per round (default 100; quick 20)")
     p.add_argument(
-        "--batch-size", type=_positive, default=32, help="worker SENTIMENT_BATCH_SIZE (default 32)"
+        "--batch-size",
+        type=_positive,
+        default=64,
+        help="worker SENTIMENT_BATCH_SIZE (default 64, the worker's on a CPU)",
     )
     p.add_argument("--max-wait-ms", type=int, default=50, help="worker SENTIMENT_MAX_WAIT_MS (default 50)")
     p.add_argument("--max-length", type=_positive, default=128)

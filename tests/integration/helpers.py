@@ -149,8 +149,9 @@ def produce(kafka: str, records: Sequence[tuple[str, bytes | None, bytes | None]
     producer.close()
 
 
-def read_topic(kafka: str, topic: str) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+def read_topic(kafka: str, topic: str, isolation: str = "read_uncommitted") -> list[Any]:
+    """Every record of the topic as a consumer with this isolation level sees it."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, isolation_level=isolation)
     try:
         parts = None
         deadline = time.monotonic() + 30
@@ -161,7 +162,7 @@ def read_topic(kafka: str, topic: str) -> list[Any]:
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
+        end = consumer.end_offsets(tps)  # the last stable offset under read_committed
         out: list[Any] = []
         while any(consumer.position(tp) < end[tp] for tp in tps):
             assert time.monotonic() < deadline, "timed out reading " + topic

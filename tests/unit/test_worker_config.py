@@ -28,8 +28,8 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
         "sentiment-worker",
     )
     assert s.topic_kinds == {"reviews": "review", "social-posts": "social_post"}
-    assert s.effective_batch_size("cpu") == 32 and s.effective_batch_size("cuda") == 128
-    assert s.effective_batch_tokens("cpu") == 32 * 128
+    assert s.effective_batch_size("cpu") == 64 and s.effective_batch_size("cuda") == 128
+    assert s.effective_batch_tokens("cpu") == 64 * 128
     assert s.effective_forward_tokens("cpu") == 1024 and s.effective_forward_tokens("cuda") == 16384
     assert 1 <= s.effective_threads() <= 4
     assert (s.max_wait_ms, s.max_message_bytes, s.metrics_port, s.bucket_seconds) == (50, 65536, 9100, 60)

@@ -40,6 +40,7 @@ from bench import e2e, inference, plots, stats, traffic
 from bench.cli import ArgParser, int_list
 from bench.models import REPO, choose_model
 from bench.reference import Reference
+from worker.batching import default_batch_size
 
 OUT_DEFAULT = REPO / "bench" / "out"
 FRESH = "fresh head"
@@ -84,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size",
         type=_positive,
-        default=64,
-        help="worker SENTIMENT_BATCH_SIZE (default 64, the worker's on a CPU)",
+        default=default_batch_size("cpu"),
+        help=f"worker SENTIMENT_BATCH_SIZE (default {default_batch_size('cpu')}, the worker's on a CPU)",
     )
     p.add_argument("--max-wait-ms", type=int, default=50, help="worker SENTIMENT_MAX_WAIT_MS (default 50)")
     p.add_argument("--max-length", type=_positive, default=128)

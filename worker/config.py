@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.batching import default_forward_tokens
+from worker.batching import default_batch_size, default_forward_tokens
 from worker.decode import DEFAULT_TOPIC_KINDS
 from worker.messages import KINDS
 
@@ -159,9 +159,7 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------------------------ derived values
 
     def effective_batch_size(self, device: str) -> int:
-        # A batch closes at MAX_WAIT_MS, so the cap only binds when the worker is behind; on the CPU 64 is the
-        # model's own best batch (python -m bench: 0.93-1.01x the model alone end to end, against 0.70 at 32).
-        return self.batch_size or (128 if device == "cuda" else 64)
+        return self.batch_size or default_batch_size(device)
 
     def effective_batch_tokens(self, device: str) -> int:
         return self.max_batch_tokens or self.effective_batch_size(device) * (self.max_length or 128)

@@ -410,20 +410,29 @@ def test_batch_waits_for_more_records_until_max_wait() -> None:
     assert len(h.source.polls) >= 2 and h.source.polls[1] == 9
 
 
-def test_records_that_came_while_the_loop_was_busy_wait_only_what_is_left_of_max_wait() -> None:
-    h = make_loop(max_records=10, max_wait_s=0.05)
+def busy_spell(
+    h: Harness, seconds: float, arriving: int, on_arrival: Callable[[], None] = lambda: None
+) -> float:
+    """Process review 0 with a model that takes `seconds`, while reviews 1..arriving come; returns the time
+    the spell ended (so a test can measure what the next batch waited)."""
     classify = h.model.classify
 
     def slow_classify(encoded: Sequence[Sequence[int]]) -> list[Scores]:
-        h.clock.now += 0.04  # the model takes 40 ms; the next record comes meanwhile
-        h.source.add("reviews", 0, [review(1)])
+        h.clock.now += seconds
+        h.source.add("reviews", 0, [review(i) for i in range(1, arriving + 1)])
+        on_arrival()
         return classify(encoded)
 
     h.model.classify = slow_classify  # type: ignore[method-assign]
     h.source.add("reviews", 0, [review(0)])
     run_one(h)
     h.model.classify = classify  # type: ignore[method-assign]
-    start = h.clock.now
+    return h.clock.now
+
+
+def test_records_that_came_while_the_loop_was_busy_wait_only_what_is_left_of_max_wait() -> None:
+    h = make_loop(max_records=10, max_wait_s=0.05)
+    start = busy_spell(h, 0.04, 1)  # the model takes 40 ms; the next record comes meanwhile
     items = h.loop.collect()
     assert [i.record.offset for i in items] == [1]
     # r1 has waited since the last poll before the busy spell (40 ms ago at least): 10 ms more at most.
@@ -434,24 +443,14 @@ def test_a_batch_overdue_after_a_busy_spell_takes_what_the_broker_still_holds_be
     # kafka-python has one fetch in flight: answered when the first record of a busy spell came, it holds
     # that record only; the others come with the next fetch, which the first poll after the spell sends.
     h = make_loop(max_records=10, max_wait_s=0.05)
-    classify, poll = h.model.classify, h.source.poll
-    in_flight: list[int] = []
-
-    def slow_classify(encoded: Sequence[Sequence[int]]) -> list[Scores]:
-        h.clock.now += 0.1  # longer than max wait: the next batch is overdue when its records are polled
-        h.source.add("reviews", 0, [review(i) for i in range(1, 6)])
-        in_flight.append(1)
-        return classify(encoded)
+    poll, in_flight = h.source.poll, list[int]()
 
     def one_fetch_poll(timeout_ms: int, max_records: int) -> list[Record]:
         return poll(timeout_ms, in_flight.pop() if in_flight else max_records)
 
-    h.model.classify = slow_classify  # type: ignore[method-assign]
     h.source.poll = one_fetch_poll  # type: ignore[method-assign]
-    h.source.add("reviews", 0, [review(0)])
-    run_one(h)
-    h.model.classify = classify  # type: ignore[method-assign]
-    start = h.clock.now
+    # Longer than max wait: the next batch is overdue when its records are polled.
+    start = busy_spell(h, 0.1, 5, on_arrival=lambda: in_flight.append(1))
     items = h.loop.collect()
     assert [i.record.offset for i in items] == [1, 2, 3, 4, 5]  # one batch, not [1] then [2..5]
     assert h.clock.now - start < 0.001  # the second poll found records: it did not wait
@@ -459,18 +458,7 @@ def test_a_batch_overdue_after_a_busy_spell_takes_what_the_broker_still_holds_be
 
 def test_a_drain_poll_that_finds_nothing_closes_the_batch_after_a_short_wait() -> None:
     h = make_loop(max_records=10, max_wait_s=0.05)
-    classify = h.model.classify
-
-    def slow_classify(encoded: Sequence[Sequence[int]]) -> list[Scores]:
-        h.clock.now += 0.1
-        h.source.add("reviews", 0, [review(1)])
-        return classify(encoded)
-
-    h.model.classify = slow_classify  # type: ignore[method-assign]
-    h.source.add("reviews", 0, [review(0)])
-    run_one(h)
-    h.model.classify = classify  # type: ignore[method-assign]
-    start = h.clock.now
+    start = busy_spell(h, 0.1, 1)
     items = h.loop.collect()
     assert [i.record.offset for i in items] == [1]
     assert h.clock.now - start == pytest.approx(DRAIN_POLL_S)  # one short poll, not the rest of a wait

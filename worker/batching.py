@@ -31,7 +31,7 @@ class Limits:
 def default_batch_size(device_type: str) -> int:
     """Records per batch when not set. A batch closes at the max wait, so this cap binds only when the worker
     is behind. On a CPU 64 is the model's own best batch (python -m bench: end to end 0.90x the model alone,
-    against 0.70 at 32; docs/defaults.md)."""
+    against 0.70 at 32; docs/performance.md)."""
     return 128 if device_type == "cuda" else 64
 
 
